@@ -1,0 +1,139 @@
+"""The trained QA model at inference: document caches, block-retrieval ranking and the span reader.
+
+DocQA uses one QAEngine per process when trained weights are present (assets/qa_model by default,
+DOCQA_MODEL_DIR to override): BSBR ranks chunks with its block retrieval over the document cache and
+reads its candidates against that cache; the FAISS and BM25 baselines hand their candidates to the same
+reader without a cache, so the comparison isolates retrieval.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ingest.types import Chunk
+from model.encoder import DocumentCache
+from model.minilm import load_tokenizer
+from model.qa import DocQAModel, best_spans, question_rows, reader_rows
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "qa_model"
+CACHE_FILE = "bsbr_cache.safetensors"
+CHUNK_TOKENS = 256
+
+
+def model_dir() -> Path:
+    return Path(os.environ.get("DOCQA_MODEL_DIR") or DEFAULT_MODEL_DIR)
+
+
+@dataclass
+class Reading:
+    """The reader's verdict on one passage: has-answer score and the answer's char span in the passage."""
+
+    score: float
+    char_start: int
+    char_end: int
+
+
+class QAEngine:
+    """Thread-safe wrapper of DocQAModel for the app (inference mode, LoRA merged, fp16 caches on GPU)."""
+
+    def __init__(self, folder: Path, device: str = "cpu", cached_documents: int = 4) -> None:
+        self.device = torch.device(device)
+        self.model = DocQAModel.from_pretrained(folder).to(self.device)
+        self.config = self.model.config
+        self.tokenizer = load_tokenizer()
+        self._lock = threading.Lock()
+        self._caches: OrderedDict[str, DocumentCache] = OrderedDict()
+        self._cached_documents = cached_documents
+        if self.device.type == "cpu":
+            torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+    @classmethod
+    def load_if_present(cls, device: str) -> QAEngine | None:
+        folder = model_dir()
+        if not (folder / "delta.safetensors").exists():
+            return None
+        return cls(folder, device)
+
+    @property
+    def abstain_threshold(self) -> float:
+        return self.config.abstain_threshold
+
+    @torch.inference_mode()
+    def build_cache(
+        self, chunks: list[Chunk], progress: Callable[[int, int], None] | None = None
+    ) -> DocumentCache:
+        """Document pass over the chunks ("[CLS] chunk [SEP]" rows of 256 tokens)."""
+        tok = self.tokenizer
+        ids = torch.zeros(len(chunks), CHUNK_TOKENS, dtype=torch.long)
+        pieces = tok([c.text for c in chunks], add_special_tokens=False)["input_ids"]
+        for i, p in enumerate(pieces):
+            row = [tok.cls_token_id, *p[: CHUNK_TOKENS - 2], tok.sep_token_id]
+            ids[i, : len(row)] = torch.tensor(row)
+        ids = ids.to(self.device)
+        with self._autocast():
+            cache = self.model.document_cache(ids, (ids != 0).long(), progress=progress)
+        return cache.to("cpu", torch.float16)
+
+    def cache(self, doc_id: str, path: Path) -> DocumentCache:
+        """A document's cache from disk, kept in a small LRU on the compute device."""
+        with self._lock:
+            if doc_id in self._caches:
+                self._caches.move_to_end(doc_id)
+                return self._caches[doc_id]
+        dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        cache = DocumentCache.load(path).to(self.device, dtype)
+        with self._lock:
+            self._caches[doc_id] = cache
+            while len(self._caches) > self._cached_documents:
+                self._caches.popitem(last=False)
+        return cache
+
+    def forget(self, doc_id: str) -> None:
+        with self._lock:
+            self._caches.pop(doc_id, None)
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+
+    def _question(self, question: str) -> list[int]:
+        ids = self.tokenizer(question, add_special_tokens=False)["input_ids"]
+        return ids[: self.config.question_tokens]
+
+    @torch.inference_mode()
+    def retrieval_scores(self, question: str, cache: DocumentCache) -> torch.Tensor:
+        """Block-retrieval score of every document chunk for the question: (N,) float32 on the CPU."""
+        tok = self.tokenizer
+        q_ids, q_mask = question_rows(
+            [self._question(question)], tok.cls_token_id, tok.sep_token_id, self.device
+        )
+        with self._autocast():
+            scores = self.model.retrieval_scores(q_ids, q_mask, cache)
+        return scores[0].float().cpu()
+
+    @torch.inference_mode()
+    def read(self, question: str, passages: list[str], cache: DocumentCache | None) -> list[Reading]:
+        """Best answer span and has-answer score of each passage (against the cache, if given)."""
+        if not passages:
+            return []
+        tok = self.tokenizer
+        enc = tok(passages, add_special_tokens=False, return_offsets_mapping=True)
+        pieces = [p[: self.config.passage_tokens] for p in enc["input_ids"]]
+        q = self._question(question)
+        ids, mask, types, offsets = reader_rows(
+            [q] * len(pieces), pieces, tok.cls_token_id, tok.sep_token_id, self.device
+        )
+        with self._autocast():
+            start, end = self.model.read(ids, mask, types, cache)
+        score, s, e = best_spans(start, end, offsets, [len(p) for p in pieces], self.config.max_answer_tokens)
+        out = []
+        for i, (sc, a, b) in enumerate(zip(score.tolist(), s.tolist(), e.tolist(), strict=True)):
+            spans = enc["offset_mapping"][i]
+            out.append(Reading(sc, spans[a][0], spans[b][1]))
+        return out

@@ -1,0 +1,334 @@
+"""`python -m app eval`: long-document QA benchmark over SQuAD-format or JSONL data.
+
+Each document is ingested through the normal pipeline (DocQA.add_text / DocQA.add), then every question
+is asked of its own document with each method. Gold passages are the chunks that hold a reference answer
+span (SQuAD) or the answer text (free-form JSONL). Reported per method: recall@1/5/20 of the final
+evidence ranking, retrieval_recall@1/5/20/50 of the retrieval stage alone, EM, F1, answer-in-evidence
+(a reference answer appears in the top-5 evidence), abstention rate, p50/p95 latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from app import metrics
+
+FINAL_KS = (1, 5, 20)
+RETRIEVAL_KS = (1, 5, 20, 50)
+
+
+@dataclass
+class EvalQuestion:
+    id: str
+    question: str
+    answers: list[str]
+    spans: list[tuple[int, int]] = field(default_factory=list)  # char spans in the document text
+
+
+@dataclass
+class EvalDocument:
+    id: str
+    title: str
+    questions: list[EvalQuestion]
+    text: str | None = None
+    path: str | None = None
+
+
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="SQuAD JSON (.json or .json.gz) or JSONL file")
+    p.add_argument("--format", choices=("squad", "jsonl"), default="squad")
+    p.add_argument(
+        "--group",
+        choices=("article", "all"),
+        default="article",
+        help="squad only: one document per article, or one document of every article",
+    )
+    p.add_argument("--methods", default=None, help="comma-separated, default: every available method")
+    p.add_argument("--limit", type=int, default=None, help="ask at most N questions (spread over documents)")
+    p.add_argument("--json", dest="json_out", default=None, help="write the metrics as JSON to this file")
+    p.add_argument(
+        "--unanswerable",
+        type=int,
+        default=0,
+        help="also ask N questions of a document that does not hold them (needs >= 2 documents) "
+        "and report abstain_rate_unanswerable",
+    )
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="stop asking after this long; questions are asked in a seeded random order, so the "
+        "ones answered are a random sample (the JSON says how many)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _open_text(path: Path):
+    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
+
+
+def load_squad(path: Path, group: str) -> list[EvalDocument]:
+    """SQuAD JSON -> documents of paragraphs joined by blank lines, answer spans mapped into them."""
+    with _open_text(path) as f:
+        articles = json.load(f)["data"]
+    docs: list[EvalDocument] = []
+    parts: list[str] = []
+    questions: list[EvalQuestion] = []
+    offset = 0
+    for a_idx, article in enumerate(articles):
+        for para in article["paragraphs"]:
+            context = para["context"]
+            for qa in para["qas"]:
+                spans = [
+                    (offset + a["answer_start"], offset + a["answer_start"] + len(a["text"]))
+                    for a in qa["answers"]
+                ]
+                questions.append(
+                    EvalQuestion(qa["id"], qa["question"], [a["text"] for a in qa["answers"]], spans)
+                )
+            parts.append(context)
+            offset += len(context) + 2
+        if group == "article":
+            docs.append(
+                EvalDocument(
+                    f"article-{a_idx}",
+                    article.get("title", f"article {a_idx}"),
+                    questions,
+                    text="\n\n".join(parts),
+                )
+            )
+            parts, questions, offset = [], [], 0
+    if group == "all":
+        docs.append(EvalDocument("all", path.name, questions, text="\n\n".join(parts)))
+    return docs
+
+
+def load_jsonl(path: Path) -> list[EvalDocument]:
+    """One document per line: {"id","title","text"|"path","questions":[{"id","question","answers"}]}."""
+    docs = []
+    with _open_text(path) as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if "text" not in row and "path" not in row:
+                raise ValueError(f"{path}:{line_no}: a document needs 'text' or 'path'")
+            doc_path = row.get("path")
+            if doc_path is not None and not Path(doc_path).is_absolute():
+                doc_path = str(path.parent / doc_path)
+            qs = [
+                EvalQuestion(str(q.get("id", f"{line_no}-{i}")), q["question"], list(q.get("answers", [])))
+                for i, q in enumerate(row.get("questions", []))
+            ]
+            docs.append(
+                EvalDocument(
+                    str(row.get("id", line_no)),
+                    row.get("title", f"document {line_no}"),
+                    qs,
+                    text=row.get("text"),
+                    path=doc_path,
+                )
+            )
+    return docs
+
+
+def _limit(docs: list[EvalDocument], limit: int | None) -> list[EvalDocument]:
+    """Keep at most `limit` questions, spread evenly over the data (every k-th question)."""
+    total = sum(len(d.questions) for d in docs)
+    if limit is None or limit >= total:
+        return docs
+    step = total / limit
+    keep = {int(i * step) for i in range(limit)}
+    seen = 0
+    out = []
+    for d in docs:
+        qs = [q for i, q in enumerate(d.questions, seen) if i in keep]
+        seen += len(d.questions)
+        if qs:
+            out.append(EvalDocument(d.id, d.title, qs, d.text, d.path))
+    return out
+
+
+def gold_chunks(question: EvalQuestion, chunks) -> set[int]:
+    """Chunks holding a reference answer span, or (free-form) the answer text."""
+    gold = set()
+    if question.spans:
+        for start, _end in question.spans:
+            for c in chunks:
+                if c.char_start <= start < c.char_end:
+                    gold.add(c.index)
+                    break
+        return gold
+    answers = [a.lower() for a in question.answers if a.strip()]
+    for c in chunks:
+        low = c.text.lower()
+        if any(a in low for a in answers):
+            gold.add(c.index)
+    return gold
+
+
+def _best_guess(answer) -> str:
+    """The answer the method would give if it never abstained (its top passage's best span)."""
+    if not answer.abstained or not answer.evidence:
+        return answer.answer
+    top = answer.evidence[0]
+    if top.answer_start is None:
+        return ""
+    return top.text[top.answer_start : top.answer_end]
+
+
+def _answer_in_evidence(answer, references: list[str]) -> float:
+    refs = [metrics.normalize_answer(r) for r in references if r.strip()]
+    texts = [metrics.normalize_answer(e.text) for e in answer.evidence[:5]]
+    return float(any(r and r in t for r in refs for t in texts))
+
+
+def evaluate(
+    qa,
+    docs: list[EvalDocument],
+    methods: list[str],
+    progress: bool = True,
+    unanswerable: int = 0,
+    max_minutes: float | None = None,
+    seed: int = 0,
+) -> dict:
+    """Ingest every document, ask every question with every method, and aggregate the metrics."""
+    rows: dict[str, dict[str, list[float]]] = {m: {} for m in methods}
+    ingest_seconds = {m: 0.0 for m in methods}
+    doc_tokens = 0
+    stored = []
+    for doc in tqdm(docs, desc="ingest", file=sys.stderr, disable=not progress):
+        report = (
+            qa.add_text(doc.text, title=doc.title, owner="eval")
+            if doc.text is not None
+            else qa.ingest(doc.path, owner="eval")
+        )
+        doc_tokens += report.tokens
+        for m in methods:
+            ingest_seconds[m] += report.timings.get("chunk", 0.0) + report.timings.get(_STAGE[m], 0.0)
+        stored.append(report.doc_id)
+    jobs = [(d, q) for d in range(len(docs)) for q in docs[d].questions]
+    rng = random.Random(seed)
+    rng.shuffle(jobs)
+    probes = rng.sample(jobs, min(unanswerable, len(jobs))) if len(docs) > 1 else []
+    deadline = time.monotonic() + max_minutes * 60 if max_minutes else math.inf
+    for d, q in probes:  # first, so that a time limit never leaves them out
+        other = stored[(d + 1) % len(stored)]
+        for a in qa.ask(q.question, docs=[other], methods=methods, top_k=5, owner="eval"):
+            rows[a.method].setdefault("abstain_rate_unanswerable", []).append(float(a.abstained))
+    asked = 0
+    for d, q in tqdm(jobs, desc="questions", file=sys.stderr, disable=not progress):
+        if time.monotonic() > deadline:
+            break
+        chunks = qa.store.chunks(stored[d])
+        gold = gold_chunks(q, chunks)
+        answers = qa.ask(
+            q.question,
+            docs=[stored[d]],
+            methods=methods,
+            top_k=max(FINAL_KS),
+            owner="eval",
+            retrieve_k=max(RETRIEVAL_KS),
+        )
+        for a in answers:
+            _record(rows[a.method], a, q, gold)
+        asked += 1
+    return {
+        "documents": len(docs),
+        "questions": asked,
+        "questions_total": len(jobs),
+        "doc_tokens": doc_tokens,
+        "ingest_seconds": {m: round(s, 3) for m, s in ingest_seconds.items()},
+        "methods": {m: _summarise(r) for m, r in rows.items()},
+    }
+
+
+_STAGE = {"faiss": "embed", "bsbr": "bsbr", "bm25": "bm25"}
+
+
+def _record(row: dict[str, list[float]], answer, q: EvalQuestion, gold: set[int]) -> None:
+    final = [e.chunk_index for e in answer.evidence]
+    for k in FINAL_KS:
+        row.setdefault(f"recall@{k}", []).append(metrics.recall_at_k(final, gold, k))
+    for k in RETRIEVAL_KS:
+        row.setdefault(f"retrieval_recall@{k}", []).append(metrics.recall_at_k(answer.retrieved, gold, k))
+    prediction = "" if answer.abstained else answer.answer
+    row.setdefault("em", []).append(metrics.exact_match(prediction, q.answers))
+    row.setdefault("f1", []).append(metrics.f1_score(prediction, q.answers))
+    row.setdefault("f1_never_abstain", []).append(metrics.f1_score(_best_guess(answer), q.answers))
+    row.setdefault("answer_in_evidence", []).append(_answer_in_evidence(answer, q.answers))
+    row.setdefault("abstain_rate", []).append(float(answer.abstained))
+    row.setdefault("latency", []).append(answer.latency_ms)
+
+
+def _summarise(row: dict[str, list[float]]) -> dict[str, float]:
+    out = {k: round(sum(v) / len(v), 4) for k, v in row.items() if k != "latency" and v}
+    latency = row.get("latency", [])
+    out["latency_ms_p50"] = round(metrics.percentile(latency, 50), 2)
+    out["latency_ms_p95"] = round(metrics.percentile(latency, 95), 2)
+    return out
+
+
+def format_table(result: dict) -> str:
+    cols = [
+        "recall@1",
+        "recall@5",
+        "recall@20",
+        "retrieval_recall@1",
+        "retrieval_recall@5",
+        "retrieval_recall@20",
+        "retrieval_recall@50",
+        "em",
+        "f1",
+        "f1_never_abstain",
+        "answer_in_evidence",
+        "abstain_rate",
+        "abstain_rate_unanswerable",
+        "latency_ms_p50",
+        "latency_ms_p95",
+    ]
+    lines = [
+        f"{result['documents']} documents, {result['questions']} of {result['questions_total']} questions, "
+        f"{result['doc_tokens']:,} document tokens",
+        "| method | " + " | ".join(cols) + " |",
+        "|---" * (len(cols) + 1) + "|",
+    ]
+    for m, vals in result["methods"].items():
+        lines.append(
+            f"| {m} | "
+            + " | ".join(
+                f"{vals.get(c, 0):.3f}" if "latency" not in c else f"{vals.get(c, 0):.1f}" for c in cols
+            )
+            + " |"
+        )
+    lines.append("ingest seconds: " + ", ".join(f"{m} {s:.1f}" for m, s in result["ingest_seconds"].items()))
+    return "\n".join(lines)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from app.docqa import DocQA
+
+    path = Path(args.data)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    docs = load_squad(path, args.group) if args.format == "squad" else load_jsonl(path)
+    docs = _limit(docs, args.limit)
+    qa = DocQA()
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(qa.methods)
+    result = evaluate(
+        qa, docs, methods, unanswerable=args.unanswerable, max_minutes=args.max_minutes, seed=args.seed
+    )
+    print(format_table(result))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(result, indent=2))
+    return 0

@@ -1,0 +1,98 @@
+"""First-stage retrievers of the comparison: each scores every chunk of a document for a question.
+
+BSBR's block retrieval lives with the QA model (app/bsbr_method.py); FAISS and BM25 are the baselines.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable
+
+import numpy as np
+
+from ingest import faiss_index
+from ingest.store import DocumentStore
+from ingest.types import Chunk
+
+FAISS_FILE = "faiss.index"
+ProgressFn = Callable[[int, int], None]
+
+
+class FaissRetriever:
+    """all-MiniLM-L6-v2 mean-pooled embeddings in a FAISS inner-product index, one index per document."""
+
+    name = "faiss"
+
+    def __init__(self, store: DocumentStore, device: str) -> None:
+        self.store = store
+        self.device = device
+        self._lock = threading.Lock()
+        self._embedder = None
+        self._indexes: dict[str, object] = {}
+
+    @property
+    def embedder(self):
+        with self._lock:
+            if self._embedder is None:
+                from model.embed import SentenceEmbedder
+
+                self._embedder = SentenceEmbedder(self.device)
+            return self._embedder
+
+    def build(self, chunks: list[Chunk], progress: ProgressFn | None = None):
+        """Embed the chunks and return a writer that saves their index (called at ingest)."""
+        vectors = self.embedder.encode([c.text for c in chunks], progress=progress)
+        index = faiss_index.build_index(vectors)
+        return lambda path: faiss_index.save_index(index, path)
+
+    def _index(self, doc_id: str):
+        if doc_id not in self._indexes:
+            self._indexes[doc_id] = faiss_index.load_index(self.store.artifact_path(doc_id, FAISS_FILE))
+        return self._indexes[doc_id]
+
+    def embed_query(self, question: str) -> np.ndarray:
+        return self.embedder.encode([question])[0]
+
+    def top(self, question: str, doc_id: str, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Returns (chunk ids [k], their scores [k], scores of every chunk [n])."""
+        query = self.embed_query(question)
+        index = self._index(doc_id)
+        scores, ids = faiss_index.search(index, query, k)
+        return ids, scores, faiss_index.all_scores(index, query)
+
+    def forget(self, doc_id: str) -> None:
+        self._indexes.pop(doc_id, None)
+
+
+class Bm25Retriever:
+    """BM25 (bm25s, English stop words) over the chunk texts; built in memory on first use per document."""
+
+    name = "bm25"
+
+    def __init__(self, store: DocumentStore) -> None:
+        self.store = store
+
+    @functools.lru_cache(maxsize=16)  # noqa: B019 - one retriever per app; bounded cache of small indexes
+    def _index(self, doc_id: str):
+        import bm25s
+
+        texts = [c.text for c in self.store.chunks(doc_id)]
+        tokens = bm25s.tokenize(texts, stopwords="en", show_progress=False)
+        index = bm25s.BM25()
+        index.index(tokens, show_progress=False)
+        return index
+
+    def top(self, question: str, doc_id: str, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        import bm25s
+
+        index = self._index(doc_id)
+        query = bm25s.tokenize([question], stopwords="en", show_progress=False, return_ids=False)[0]
+        scores = index.get_scores(query).astype(np.float32) if query else np.zeros(0, np.float32)
+        if scores.size == 0:
+            scores = np.zeros(len(self.store.chunks(doc_id)), np.float32)
+        ids = np.argsort(-scores, kind="stable")[:k]
+        return ids, scores[ids], scores
+
+    def forget(self, doc_id: str) -> None:
+        self._index.cache_clear()

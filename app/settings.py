@@ -1,0 +1,65 @@
+"""Every setting read from the environment, in one place, with defaults that work."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name} must be an integer, got {raw!r}") from exc
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Runtime settings.
+
+    Attributes:
+        home: app data folder (SQLite store, arrays, FAISS indexes, uploads).  DOCQA_HOME.
+        device: "cuda", "cpu" or "auto" (cuda when available).  DOCQA_DEVICE.
+        host, port: where the web app listens.  GRADIO_SERVER_NAME / DOCQA_HOST, GRADIO_SERVER_PORT / PORT.
+        max_file_mb: largest accepted upload.  DOCQA_MAX_FILE_MB.
+        max_pages: most pages read from one PDF.  DOCQA_MAX_PAGES.
+        max_chars: most characters of text in one document.  DOCQA_MAX_CHARS.
+    """
+
+    home: Path
+    device: str
+    host: str
+    port: int
+    max_file_mb: int
+    max_pages: int
+    max_chars: int
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        home = os.environ.get("DOCQA_HOME") or str(Path.home() / ".cache" / "bsbr-docqa")
+        return cls(
+            home=Path(home).expanduser(),
+            device=os.environ.get("DOCQA_DEVICE", "auto"),
+            host=os.environ.get("GRADIO_SERVER_NAME") or os.environ.get("DOCQA_HOST") or "127.0.0.1",
+            port=_int("GRADIO_SERVER_PORT", _int("PORT", 7860)),
+            max_file_mb=_int("DOCQA_MAX_FILE_MB", 100),
+            max_pages=_int("DOCQA_MAX_PAGES", 5000),
+            max_chars=_int("DOCQA_MAX_CHARS", 20_000_000),
+        )
+
+
+def resolve_device(name: str) -> str:
+    """'auto' -> 'cuda' when a GPU is present, else 'cpu'."""
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,0 +1,339 @@
+"""Read a PDF, .txt or .md file into a ParsedDocument: one clean text, page offsets, warnings.
+
+I/O happens in `extract` and the readers it calls; turning page texts into a document
+(`build_document`) and finding paragraph gaps in a PDF page (`text_with_paragraph_gaps`) are pure.
+Every failure is one of the typed errors in ingest.errors, never a pypdf exception.
+"""
+
+from __future__ import annotations
+
+import io
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+
+from pypdf import PasswordType, PdfReader
+
+from ingest.clean import clean_pages, join_pages, normalize_unicode
+from ingest.errors import (
+    CorruptDocumentError,
+    EmptyDocumentError,
+    EncryptedDocumentError,
+    FileMissingError,
+    IngestError,
+    UnsupportedTypeError,
+)
+from ingest.types import ParsedDocument
+
+PDF_SUFFIXES = frozenset({".pdf"})
+TEXT_SUFFIXES = frozenset({".txt", ".md", ".markdown"})
+
+# Files that are plainly something else, whatever their name says.
+_SIGNATURES = {
+    b"%PDF-": "a PDF",
+    b"PK\x03\x04": "a ZIP archive (docx, epub, ...)",
+    b"\x89PNG": "a PNG image",
+    b"\xff\xd8\xff": "a JPEG image",
+    b"GIF8": "a GIF image",
+    b"\x7fELF": "an executable",
+}
+_BOMS = (
+    (b"\xef\xbb\xbf", "utf-8"),
+    (b"\xff\xfe\x00\x00", "utf-32-le"),
+    (b"\x00\x00\xfe\xff", "utf-32-be"),
+    (b"\xff\xfe", "utf-16-le"),
+    (b"\xfe\xff", "utf-16-be"),
+)
+# cp1252 is what most non-UTF-8 Western text is; latin-1 decodes any byte, so it always ends the list.
+_LEGACY_ENCODINGS = ("cp1252", "latin-1")
+# Text has few control characters; a file where they are common is binary under a text name. NUL is
+# left out: stray NULs are stripped, and UTF-16 text without a BOM is readable once they are.
+_MAX_CONTROL_SHARE = 0.1
+_TEXT_CONTROLS = frozenset("\t\n\r\f\x00")
+# The PDF header may follow some junk, but only within the first KiB (PDF 1.7, annex H).
+_PDF_HEADER_WINDOW = 1024
+# A vertical jump this much larger than the page's usual line pitch starts a new paragraph.
+_PARAGRAPH_GAP = 1.3
+_MIN_LINES_FOR_PITCH = 3
+_PITCH_QUANTILE = 10  # the 10th percentile
+_MAX_LISTED_PAGES = 20
+
+
+def extract(path: str | Path, password: str | None = None) -> ParsedDocument:
+    """Read a PDF (page by page, with pypdf) or a .txt/.md file into one cleaned document.
+
+    Args:
+        path: the file.
+        password: the password of an encrypted PDF (ignored for text files).
+
+    Returns:
+        The ParsedDocument; pages without a text layer are kept empty, listed in `scanned_pages` and
+        named in `warnings`, as are PDF pages that pypdf could not read.
+
+    Raises:
+        FileMissingError, UnsupportedTypeError, CorruptDocumentError, EncryptedDocumentError,
+        EmptyDocumentError: see ingest.errors; str(error) is "<file>: <reason>".
+    """
+    file, name = Path(path), str(path)
+    suffix = file.suffix.lower()
+    if not file.exists():
+        raise FileMissingError(name, "no such file")
+    if not file.is_file():
+        raise FileMissingError(name, "not a regular file (a directory?)")
+    if suffix not in PDF_SUFFIXES | TEXT_SUFFIXES:
+        shown = f"'{suffix}'" if suffix else "a file without an extension"
+        raise UnsupportedTypeError(name, f"unsupported file type {shown}; PDF, .txt and .md are read")
+    data = _read_bytes(file, name)
+    if not data:
+        raise EmptyDocumentError(name, "empty file (0 bytes)")
+    if suffix in PDF_SUFFIXES:
+        return _extract_pdf(data, name, file.stem, password)
+    pages, warnings = read_text_pages(data, name)
+    return build_document(name, file.stem, pages, warnings=warnings)
+
+
+def _read_bytes(file: Path, name: str) -> bytes:
+    try:
+        return file.read_bytes()
+    except OSError as exc:
+        raise FileMissingError(name, f"cannot be read ({exc.strerror or type(exc).__name__})") from None
+
+
+def build_document(
+    path: str,
+    title: str,
+    raw_pages: Sequence[str],
+    *,
+    scanned: Sequence[int] = (),
+    unreadable: Sequence[int] = (),
+    warnings: Sequence[str] = (),
+) -> ParsedDocument:
+    """Clean page texts and assemble the document (pure).
+
+    Args:
+        path: the source file, for the document and error messages.
+        title: the document title.
+        raw_pages: extracted text of each page in order ("" for pages without text).
+        scanned: 1-based numbers of pages without a text layer.
+        unreadable: 1-based numbers of pages that failed to extract (kept empty).
+        warnings: warnings gathered while reading, kept first.
+
+    Returns:
+        The ParsedDocument.
+
+    Raises:
+        EmptyDocumentError: when no page has any text.
+    """
+    all_warnings = list(warnings)
+    if scanned:
+        verb = "has" if len(scanned) == 1 else "have"
+        all_warnings.append(f"{_pages(len(scanned))} {verb} no text layer (scanned?): {_page_list(scanned)}")
+    if unreadable:
+        all_warnings.append(
+            f"{_pages(len(unreadable))} could not be read (kept empty): {_page_list(unreadable)}"
+        )
+    text, page_starts = join_pages(clean_pages(list(raw_pages)))
+    if not text.strip():
+        raise EmptyDocumentError(path, _empty_reason(len(raw_pages), len(scanned), len(unreadable)))
+    return ParsedDocument(
+        path=path,
+        title=title,
+        text=text,
+        page_starts=page_starts,
+        n_pages=len(raw_pages),
+        scanned_pages=list(scanned),
+        warnings=all_warnings,
+    )
+
+
+def _pages(count: int) -> str:
+    return "1 page" if count == 1 else f"{count} pages"
+
+
+def _page_list(numbers: Sequence[int]) -> str:
+    shown = ", ".join(str(n) for n in numbers[:_MAX_LISTED_PAGES])
+    more = len(numbers) - _MAX_LISTED_PAGES
+    return f"{shown}, ... (+{more} more)" if more > 0 else shown
+
+
+def _empty_reason(n_pages: int, n_scanned: int, n_unreadable: int) -> str:
+    if n_scanned == n_pages:
+        noun = "the only page has" if n_pages == 1 else f"all {n_pages} pages have"
+        return f"no extractable text: {noun} no text layer (scanned images? run OCR first)"
+    if n_scanned or n_unreadable:
+        return (
+            f"no extractable text in {n_pages} pages ({n_scanned} without a text layer, "
+            f"{n_unreadable} unreadable, the rest blank)"
+        )
+    return "no text (only whitespace)"
+
+
+def read_text_pages(data: bytes, name: str) -> tuple[list[str], list[str]]:
+    """Decode a text file and split it into pages at form feeds.
+
+    Args:
+        data: the file's bytes (not empty).
+        name: the file name, for messages.
+
+    Returns:
+        (pages, warnings): the page texts (one page when there is no form feed; a form feed that
+        ends the file does not open an extra page) and a warning when the file was not UTF-8.
+
+    Raises:
+        UnsupportedTypeError: the bytes are a PDF, an image or another binary format.
+    """
+    for signature, kind in _SIGNATURES.items():
+        if data.startswith(signature):
+            raise UnsupportedTypeError(name, f"the file is {kind}, not text")
+    text, warnings = _decode(data)
+    controls = sum(1 for ch in text if _is_control(ch) and ch not in _TEXT_CONTROLS)
+    if controls > _MAX_CONTROL_SHARE * len(text):
+        raise UnsupportedTypeError(name, "the file looks like binary data, not text")
+    pages = text.replace("\x00", "").split("\f")
+    if len(pages) > 1 and not pages[-1].strip():
+        pages.pop()
+    return pages, warnings
+
+
+def _is_control(ch: str) -> bool:
+    return ch < " " or "\x7f" <= ch <= "\x9f"
+
+
+def _decode(data: bytes) -> tuple[str, list[str]]:
+    """UTF-8 (or the encoding its BOM names), else a legacy 8-bit encoding with a warning."""
+    for bom, encoding in _BOMS:
+        if data.startswith(bom):
+            return data[len(bom) :].decode(encoding, errors="replace"), []
+    try:
+        return data.decode("utf-8"), []
+    except UnicodeDecodeError as exc:
+        bad_byte = exc.start
+    for encoding in _LEGACY_ENCODINGS:
+        try:
+            text = data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+        return text, [f"not valid UTF-8 (byte {bad_byte}); decoded as {encoding}"]
+    raise AssertionError("latin-1 decodes every byte string")
+
+
+def _extract_pdf(data: bytes, name: str, stem: str, password: str | None) -> ParsedDocument:
+    if b"%PDF-" not in data[:_PDF_HEADER_WINDOW]:
+        raise CorruptDocumentError(name, "not a PDF (no %PDF- header)")
+    reader, n_pages = _open_pdf(data, name, password)
+    raw_pages: list[str] = []
+    scanned: list[int] = []
+    unreadable: list[int] = []
+    first_failure = ""
+    for number in range(1, n_pages + 1):
+        try:
+            text = _page_text(reader, number - 1)
+        # pypdf raises many exception types on damaged pages; any of them makes the page unreadable.
+        except Exception as exc:
+            first_failure = first_failure or _describe(exc)
+            unreadable.append(number)
+            text = ""
+        else:
+            if not text.strip():
+                scanned.append(number)
+        raw_pages.append(text)
+    if len(unreadable) == n_pages:
+        raise CorruptDocumentError(name, f"no page could be read ({first_failure})")
+    title = _pdf_title(reader) or stem
+    return build_document(name, title, raw_pages, scanned=scanned, unreadable=unreadable)
+
+
+def _open_pdf(data: bytes, name: str, password: str | None) -> tuple[PdfReader, int]:
+    """Parse the PDF, decrypt it if needed, and count its pages."""
+    try:
+        reader = PdfReader(io.BytesIO(data), strict=False)
+        if reader.is_encrypted:
+            _decrypt(reader, name, password)
+        n_pages = len(reader.pages)
+    except IngestError:
+        raise
+    except Exception as exc:
+        raise CorruptDocumentError(name, f"cannot parse the PDF ({_describe(exc)})") from None
+    if n_pages == 0:
+        raise CorruptDocumentError(name, "the PDF has no pages")
+    return reader, n_pages
+
+
+def _decrypt(reader: PdfReader, name: str, password: str | None) -> None:
+    """Decrypt in place; a PDF with only an owner password opens with the empty user password."""
+    try:
+        result = reader.decrypt(password if password is not None else "")
+    except Exception as exc:
+        raise EncryptedDocumentError(name, f"cannot decrypt the PDF ({_describe(exc)})") from None
+    if result == PasswordType.NOT_DECRYPTED:
+        reason = "the PDF is encrypted; a password is needed" if password is None else "wrong password"
+        raise EncryptedDocumentError(name, reason)
+
+
+def _page_text(reader: PdfReader, index: int) -> str:
+    """Plain-mode text of one page, with a blank line wherever the layout leaves a paragraph gap."""
+    pieces: list[tuple[str, float | None]] = []
+
+    def visit(text: str, cm: list[float], tm: list[float], font: object, size: float) -> None:
+        # Text space to page space: the y of (tm @ cm)'s translation row.
+        pieces.append((text, tm[4] * cm[1] + tm[5] * cm[3] + cm[5] if text.strip() else None))
+
+    text = reader.pages[index].extract_text(visitor_text=visit)
+    if "".join(piece for piece, _ in pieces) != text:
+        return text
+    return text_with_paragraph_gaps(pieces)
+
+
+def text_with_paragraph_gaps(pieces: Sequence[tuple[str, float | None]]) -> str:
+    """Join text pieces in reading order, adding a blank line before a piece that sits noticeably
+    farther from the previous line than the page's usual line pitch (pure).
+
+    pypdf's plain mode puts every line on its own line but loses paragraph spacing; the layout gap is
+    the only paragraph signal a PDF has, and chunking prefers to end at paragraphs.
+
+    Args:
+        pieces: (text, y) in reading order; y is None for whitespace-only pieces.
+
+    Returns:
+        The concatenated text with the extra "\\n" inserted at paragraph gaps.
+    """
+    ys = [y for _, y in pieces if y is not None]
+    steps = [abs(a - b) for a, b in zip(ys, ys[1:], strict=False) if abs(a - b) > 0.5]
+    if len(steps) < _MIN_LINES_FOR_PITCH:
+        return "".join(piece for piece, _ in pieces)
+    threshold = _PARAGRAPH_GAP * _line_pitch(steps)
+    out: list[str] = []
+    last_y: float | None = None
+    for piece, y in pieces:
+        if y is not None:
+            if last_y is not None and abs(last_y - y) > threshold:
+                out.append("\n" if out and out[-1].endswith("\n") else "\n\n")
+            last_y = y
+        out.append(piece)
+    return "".join(out)
+
+
+def _line_pitch(steps: Sequence[float]) -> float:
+    """The usual distance between lines: a low quantile of the vertical steps, because on a page of
+    dialogue most steps are paragraph gaps; steps under half the median (super/subscripts) are out."""
+    half_median = statistics.median(steps) / 2
+    line_steps = sorted(step for step in steps if step >= half_median)
+    return line_steps[len(line_steps) // _PITCH_QUANTILE]
+
+
+def _pdf_title(reader: PdfReader) -> str | None:
+    """The non-empty /Title of the PDF's metadata, whitespace-normalised, or None."""
+    try:
+        metadata = reader.metadata
+        title = metadata.title if metadata is not None else None
+    except Exception:
+        return None
+    if not title:
+        return None
+    return " ".join(normalize_unicode(str(title)).split()) or None
+
+
+def _describe(exc: BaseException) -> str:
+    """A one-line description of an exception for an error reason."""
+    message = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__

@@ -1,0 +1,134 @@
+"""Training data for the QA model: SQuAD v1.1 train as long documents, chunked like the app chunks.
+
+Runs on the CPU (it uses the ingest chunker), writes one safetensors file that the GPU trainer reads:
+    python -m model.data --squad ../shared/data/squad-v1.1/train-v1.1.json.gz --out .carry/train.safetensors
+
+Articles are shuffled (seeded) and concatenated `articles_per_doc` at a time, paragraphs joined by a blank
+line, so retrieval trains against hundreds of in-document distractor chunks. The first `val_articles`
+articles of the shuffle form held-out documents (validation never touches the dev set).
+
+Tensors (Q questions, M chunks, G documents, C = 256 chunk tokens, L = 63 question tokens):
+    chunk_ids [M, C] int16   "[CLS] chunk [SEP]" padded with 0
+    doc_ranges [G, 2] int64  first and one-past-last chunk of each document
+    doc_is_val [G] bool
+    question_ids [Q, L] int16 question word-pieces (no specials) padded with 0
+    q_doc [Q], q_chunk [Q]   document and gold chunk (global index) of each question
+    q_start, q_end [Q]       answer token span inside the gold chunk's content tokens (-1: not inside)
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import random
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+CHUNK_TOKENS = 256  # token ids fit int16: the MiniLM vocabulary has 30,522 entries
+QUESTION_TOKENS = 63
+
+
+def group_articles(articles: list[dict], articles_per_doc: int, val_articles: int, seed: int):
+    """Yield (text, [(question, answer_char_start, answer_char_end)], is_val) per long document."""
+    order = list(range(len(articles)))
+    random.Random(seed).shuffle(order)
+    splits = [(order[:val_articles], True), (order[val_articles:], False)]
+    for ids, is_val in splits:
+        for g in range(0, len(ids), articles_per_doc):
+            parts, qas, offset = [], [], 0
+            for a in ids[g : g + articles_per_doc]:
+                for para in articles[a]["paragraphs"]:
+                    for qa in para["qas"]:
+                        ans = qa["answers"][0]
+                        start = offset + ans["answer_start"]
+                        qas.append((qa["question"], start, start + len(ans["text"])))
+                    parts.append(para["context"])
+                    offset += len(para["context"]) + 2
+            yield "\n\n".join(parts), qas, is_val
+
+
+def _answer_tokens(offsets: list[tuple[int, int]], start: int, end: int) -> tuple[int, int]:
+    """Token span covering chars [start, end) given per-token char offsets; (-1, -1) if not inside."""
+    first = next((i for i, (_, e) in enumerate(offsets) if e > start), -1)
+    last = next((i for i in range(len(offsets) - 1, -1, -1) if offsets[i][0] < end), -1)
+    if first < 0 or last < first:
+        return -1, -1
+    return first, last
+
+
+def build(
+    squad_path: Path,
+    articles_per_doc: int = 24,
+    val_articles: int = 24,
+    seed: int = 0,
+    max_articles: int | None = None,
+) -> dict:
+    from ingest.chunk import chunk_document
+    from ingest.types import ParsedDocument
+    from model.minilm import load_tokenizer
+
+    tok = load_tokenizer()
+    with gzip.open(squad_path, "rt", encoding="utf-8") as f:
+        articles = json.load(f)["data"][:max_articles]
+    chunk_rows, doc_ranges, doc_is_val = [], [], []
+    q_rows: dict[str, list] = {k: [] for k in ("ids", "doc", "chunk", "start", "end")}
+    for text, qas, is_val in group_articles(articles, articles_per_doc, val_articles, seed):
+        doc = ParsedDocument(path="squad", title="squad", text=text, page_starts=[0], n_pages=1)
+        chunks = chunk_document(doc, tok, max_tokens=CHUNK_TOKENS)
+        enc = tok([c.text for c in chunks], add_special_tokens=False, return_offsets_mapping=True)
+        base = len(chunk_rows)
+        for ids in enc["input_ids"]:
+            row = [tok.cls_token_id, *ids, tok.sep_token_id]
+            chunk_rows.append(row + [0] * (CHUNK_TOKENS - len(row)))
+        starts = [c.char_start for c in chunks]
+        q_enc = tok(
+            [q for q, _, _ in qas], add_special_tokens=False, truncation=True, max_length=QUESTION_TOKENS
+        )["input_ids"]
+        for (_, a_start, a_end), q_ids in zip(qas, q_enc, strict=True):
+            c = max(i for i, s in enumerate(starts) if s <= a_start) if a_start >= starts[0] else 0
+            rel = [(s + chunks[c].char_start, e + chunks[c].char_start) for s, e in enc["offset_mapping"][c]]
+            span = _answer_tokens(rel, a_start, a_end) if a_end <= chunks[c].char_end else (-1, -1)
+            q_rows["ids"].append(q_ids + [0] * (QUESTION_TOKENS - len(q_ids)))
+            q_rows["doc"].append(len(doc_ranges))
+            q_rows["chunk"].append(base + c)
+            q_rows["start"].append(span[0])
+            q_rows["end"].append(span[1])
+        doc_ranges.append((base, len(chunk_rows)))
+        doc_is_val.append(is_val)
+    return {
+        "chunk_ids": torch.tensor(chunk_rows, dtype=torch.int16),
+        "doc_ranges": torch.tensor(doc_ranges, dtype=torch.int64),
+        "doc_is_val": torch.tensor(doc_is_val, dtype=torch.bool),
+        "question_ids": torch.tensor(q_rows["ids"], dtype=torch.int16),
+        "q_doc": torch.tensor(q_rows["doc"], dtype=torch.int64),
+        "q_chunk": torch.tensor(q_rows["chunk"], dtype=torch.int64),
+        "q_start": torch.tensor(q_rows["start"], dtype=torch.int64),
+        "q_end": torch.tensor(q_rows["end"], dtype=torch.int64),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--squad", default="../shared/data/squad-v1.1/train-v1.1.json.gz")
+    parser.add_argument("--out", default=".carry/train.safetensors")
+    parser.add_argument("--articles-per-doc", type=int, default=24)
+    parser.add_argument("--val-articles", type=int, default=24)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-articles", type=int, default=None, help="use only the first N (tests)")
+    args = parser.parse_args()
+    data = build(Path(args.squad), args.articles_per_doc, args.val_articles, args.seed, args.max_articles)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    save_file(data, args.out, metadata={"format_version": "1", "source": str(args.squad)})
+    n_doc = len(data["doc_ranges"])
+    found = (data["q_start"] >= 0).float().mean().item()
+    print(
+        f"{n_doc} documents, {len(data['chunk_ids'])} chunks, {len(data['question_ids'])} questions, "
+        f"answer span inside its chunk for {found:.1%}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,309 @@
+"""Train the BSBR QA model on SQuAD v1.1 train as long documents (one H200: a few minutes).
+
+    python -m model.data --out .carry/train.safetensors          # CPU, once: chunk + tokenise
+    python -m model.train --data .carry/train.safetensors --out runs/qa --steps 1500
+
+Each step reads one long training document (24 concatenated articles, ~750 chunks) with gradients,
+then a batch of its questions: a retrieval loss (cross-entropy of the question chunk's block-retrieval
+scores over all the document's chunks, gold = the chunk holding the answer) and a span loss on reader
+rows for the gold chunk and one in-document negative (the best-scoring wrong chunk, or a random one),
+whose target is [CLS] ("not here"). Only the delta trains: LoRA adapters, meta projections, gates, span
+head, retrieval temperature. Seeded; logs JSON lines; checkpoints (safetensors, no pickle) every
+--save-every steps and resumes from --out when a checkpoint is there. At the end it validates on the
+held-out articles, calibrates the abstention threshold and writes the delta to --out/model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import lzma
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load, load_file, save_file
+
+from model.qa import DocQAModel, QAConfig, best_spans, question_rows, reader_rows
+
+CLS_ID, SEP_ID = 101, 102
+
+
+def load_data(path: str) -> dict[str, torch.Tensor]:
+    """The tensors written by model.data (optionally .xz-compressed)."""
+    if path.endswith(".xz"):
+        return load(lzma.decompress(Path(path).read_bytes()))
+    return load_file(path)
+
+
+class Documents:
+    """Index over the training tensors: chunks, questions and splits per document."""
+
+    def __init__(self, data: dict[str, torch.Tensor]) -> None:
+        self.chunk_ids = data["chunk_ids"].long()
+        self.ranges = data["doc_ranges"].tolist()
+        self.is_val = data["doc_is_val"].tolist()
+        self.q_ids = data["question_ids"].long()
+        self.q_doc, self.q_chunk = data["q_doc"], data["q_chunk"]
+        self.q_start, self.q_end = data["q_start"], data["q_end"]
+        self.questions_of = [
+            torch.nonzero(self.q_doc == g).flatten().tolist() for g in range(len(self.ranges))
+        ]
+
+    def chunks(self, g: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        a, b = self.ranges[g]
+        ids = self.chunk_ids[a:b].to(device)
+        return ids, (ids != 0).long()
+
+    def question_tokens(self, q: int) -> list[int]:
+        row = self.q_ids[q]
+        return row[row != 0].tolist()
+
+    def passage_tokens(self, chunk: int) -> list[int]:
+        row = self.chunk_ids[chunk]
+        row = row[row != 0].tolist()
+        return row[1:-1]  # drop [CLS] and [SEP]
+
+
+def step_loss(model: DocQAModel, docs: Documents, g: int, batch: list[int], rng: random.Random, device):
+    """Loss of one training document and a batch of its questions. Returns (loss, parts dict)."""
+    ids, mask = docs.chunks(g, device)
+    first = docs.ranges[g][0]
+    C = ids.shape[1]
+    cache = model.encoder(ids.view(1, -1), mask.view(1, -1), return_cache=True, chunk_size=C).cache
+    q_tokens = [docs.question_tokens(q) for q in batch]
+    q_ids, q_mask = question_rows(q_tokens, CLS_ID, SEP_ID, device)
+    scores = model.retrieval_scores(q_ids, q_mask, cache)  # (B, N)
+    gold = docs.q_chunk[batch].to(device) - first
+    retrieval_loss = F.cross_entropy(scores.float(), gold)
+    wrong = scores.detach().float().scatter(1, gold[:, None], -math.inf)
+    hard = wrong.argmax(1).tolist()
+    negatives = [
+        h if rng.random() < 0.5 else rng.choice([c for c in range(ids.shape[0]) if c != gl])
+        for h, gl in zip(hard, gold.tolist(), strict=True)
+    ]
+    passages = [docs.passage_tokens(first + c) for c in gold.tolist()] + [
+        docs.passage_tokens(first + c) for c in negatives
+    ]
+    r_ids, r_mask, r_types, offsets = reader_rows(q_tokens + q_tokens, passages, CLS_ID, SEP_ID, device)
+    start, end = model.read(r_ids, r_mask, r_types, cache)
+    B = len(batch)
+    off = torch.tensor(offsets[:B], device=device)
+    s_pos, e_pos = docs.q_start[batch].to(device), docs.q_end[batch].to(device)
+    has_span = s_pos >= 0
+    t_start = torch.cat(
+        [torch.where(has_span, off + s_pos, 0), torch.zeros(B, dtype=torch.long, device=device)]
+    )
+    t_end = torch.cat(
+        [torch.where(has_span, off + e_pos, 0), torch.zeros(B, dtype=torch.long, device=device)]
+    )
+    span_loss = (F.cross_entropy(start, t_start) + F.cross_entropy(end, t_end)) / 2
+    loss = span_loss + retrieval_loss
+    return loss, {"span": span_loss.item(), "retrieval": retrieval_loss.item()}
+
+
+@torch.no_grad()
+def rank_and_read(
+    model: DocQAModel,
+    docs: Documents,
+    g: int,
+    questions: list[int],
+    device,
+    read_k: int = 20,
+    batch: int = 64,
+) -> dict[str, torch.Tensor]:
+    """Block retrieval + reader over the top `read_k` chunks of document g, for each question."""
+    ids, mask = docs.chunks(g, device)
+    first = docs.ranges[g][0]
+    cache = model.document_cache(ids, mask)
+    ranks, best, best_start, best_end, best_chunk = [], [], [], [], []
+    for i in range(0, len(questions), batch):
+        qs = questions[i : i + batch]
+        q_tokens = [docs.question_tokens(q) for q in qs]
+        q_ids, q_mask = question_rows(q_tokens, CLS_ID, SEP_ID, device)
+        scores = model.retrieval_scores(q_ids, q_mask, cache).float()
+        top = scores.topk(min(read_k, scores.shape[1]), dim=1).indices  # (b, k)
+        ranks.append(scores.argsort(1, descending=True)[:, :50].cpu())
+        pairs = [(j, c) for j in range(len(qs)) for c in top[j].tolist()]
+        passages = [docs.passage_tokens(first + c) for _, c in pairs]
+        r_ids, r_mask, r_types, offsets = reader_rows(
+            [q_tokens[j] for j, _ in pairs], passages, CLS_ID, SEP_ID, device
+        )
+        start, end = model.read(r_ids, r_mask, r_types, cache)
+        score, s, e = best_spans(
+            start, end, offsets, [len(p) for p in passages], model.config.max_answer_tokens
+        )
+        score = score.view(len(qs), -1)
+        pick = score.argmax(1)
+        rows = torch.arange(len(qs), device=device)
+        best.append(score[rows, pick].cpu())
+        best_start.append(s.view(len(qs), -1)[rows, pick].cpu())
+        best_end.append(e.view(len(qs), -1)[rows, pick].cpu())
+        best_chunk.append(top[rows, pick].cpu() + first)
+    return {
+        "ranking": torch.cat(ranks) + first,
+        "score": torch.cat(best),
+        "start": torch.cat(best_start),
+        "end": torch.cat(best_end),
+        "chunk": torch.cat(best_chunk),
+    }
+
+
+def validate(model: DocQAModel, docs: Documents, device, limit: int = 2000, seed: int = 0) -> dict:
+    """Retrieval recall, reranked recall@1, span exact match and abstention threshold on held-out docs."""
+    model.eval()
+    rng = random.Random(seed)
+    val_docs = [g for g, v in enumerate(docs.is_val) if v]
+    questions = {g: docs.questions_of[g] for g in val_docs}
+    total = sum(len(q) for q in questions.values())
+    stats: dict[str, list[float]] = {}
+    answerable, unanswerable, correct_scores = [], [], []
+    for g in val_docs:
+        qs = questions[g]
+        qs = rng.sample(qs, min(len(qs), max(1, limit * len(qs) // total)))
+        out = rank_and_read(model, docs, g, qs, device)
+        gold = docs.q_chunk[qs]
+        for k in (1, 5, 20, 50):
+            hit = (out["ranking"][:, :k] == gold[:, None]).any(1).float()
+            stats.setdefault(f"retrieval_recall@{k}", []).extend(hit.tolist())
+        top1 = (out["chunk"] == gold).float()
+        exact = top1 * (out["start"] == docs.q_start[qs]).float() * (out["end"] == docs.q_end[qs]).float()
+        stats.setdefault("reranked_recall@1", []).extend(top1.tolist())
+        stats.setdefault("span_exact", []).extend(exact.tolist())
+        answerable += out["score"].tolist()
+        correct_scores += out["score"][exact.bool()].tolist()
+        other = next(h for h in range(len(docs.ranges)) if not docs.is_val[h])  # unrelated articles
+        unanswerable += rank_and_read(model, docs, other, qs, device)["score"].tolist()
+    result = {k: round(sum(v) / len(v), 4) for k, v in stats.items()}
+    threshold = float(torch.tensor(correct_scores).quantile(0.02)) if correct_scores else -math.inf
+    result["abstain_threshold"] = round(threshold, 4) if math.isfinite(threshold) else None
+    result["abstain_answerable"] = round(sum(s < threshold for s in answerable) / len(answerable), 4)
+    result["abstain_unanswerable"] = round(sum(s < threshold for s in unanswerable) / len(unanswerable), 4)
+    result["questions"] = len(answerable)
+    model.train()
+    return result
+
+
+def save_checkpoint(model: DocQAModel, opt: torch.optim.Optimizer, step: int, folder: Path) -> None:
+    """Trainable weights + Adam moments as safetensors (no pickle), step in the metadata."""
+    tensors = {f"param.{n}": p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    names = {id(p): n for n, p in model.named_parameters()}
+    for group in opt.param_groups:
+        for p in group["params"]:
+            for key, value in opt.state.get(p, {}).items():
+                if torch.is_tensor(value) and value.dim() > 0:
+                    tensors[f"opt.{key}.{names[id(p)]}"] = value
+    tmp = folder / "checkpoint.safetensors.tmp"
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"step": str(step)})
+    tmp.replace(folder / "checkpoint.safetensors")
+
+
+def load_checkpoint(model: DocQAModel, opt: torch.optim.Optimizer, folder: Path) -> int:
+    path = folder / "checkpoint.safetensors"
+    if not path.exists():
+        return 0
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        step = int(f.metadata()["step"])
+    tensors = load_file(str(path))
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, p in params.items():
+            if f"param.{name}" in tensors:
+                p.copy_(tensors[f"param.{name}"])
+    for name, p in params.items():
+        if f"opt.exp_avg.{name}" in tensors:
+            opt.state[p] = {
+                "step": torch.tensor(float(step)),
+                "exp_avg": tensors[f"opt.exp_avg.{name}"].to(p.device),
+                "exp_avg_sq": tensors[f"opt.exp_avg_sq.{name}"].to(p.device),
+            }
+    return step
+
+
+def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * max(0.0, (steps - step) / max(1, steps - warmup))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Train the BSBR QA model (delta over all-MiniLM-L6-v2).")
+    p.add_argument("--data", default=".carry/train.safetensors")
+    p.add_argument("--out", default="runs/qa")
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--questions-per-step", type=int, default=96)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--lora-rank", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-every", type=int, default=500)
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--val-questions", type=int, default=2000)
+    p.add_argument("--max-minutes", type=float, default=None, help="stop early (then validate and save)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    rng = random.Random(args.seed)
+    device = torch.device(args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    docs = Documents(load_data(args.data))
+    model = DocQAModel.from_minilm(QAConfig(lora_rank=args.lora_rank)).to(device)
+    params = model.trainable_parameters()
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    step = load_checkpoint(model, opt, out)
+    train_docs = [g for g, v in enumerate(docs.is_val) if not v]
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    start_time = time.time()
+    log = (out / "log.jsonl").open("a")
+    model.train()
+    while step < args.steps:
+        g = train_docs[rng.randrange(len(train_docs))]
+        batch = rng.sample(docs.questions_of[g], min(args.questions_per_step, len(docs.questions_of[g])))
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
+        with autocast:
+            loss, parts = step_loss(model, docs, g, batch, rng, device)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        if step % args.log_every == 0 or step == 1:
+            row = {
+                "step": step,
+                "loss": round(loss.item(), 4),
+                **{k: round(v, 4) for k, v in parts.items()},
+                "lr": opt.param_groups[0]["lr"],
+                "seconds": round(time.time() - start_time, 1),
+            }
+            print(json.dumps(row), flush=True)
+            log.write(json.dumps(row) + "\n")
+        if step % args.save_every == 0:
+            save_checkpoint(model, opt, step, out)
+        if args.max_minutes and time.time() - start_time > args.max_minutes * 60:
+            print(f"stopping at step {step}: --max-minutes reached", flush=True)
+            break
+    save_checkpoint(model, opt, step, out)
+    with autocast:
+        metrics = validate(model, docs, device, args.val_questions, args.seed)
+    metrics |= {"steps": step, "train_seconds": round(time.time() - start_time, 1)}
+    if metrics["abstain_threshold"] is not None:
+        model.config.abstain_threshold = metrics["abstain_threshold"]
+    model.save_delta(out / "model", metadata={"steps": step, "seed": args.seed})
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    print(json.dumps({"validation": metrics}), flush=True)
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

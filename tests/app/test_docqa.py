@@ -1,0 +1,135 @@
+"""DocQA end to end on CPU: a generated PDF, the real MiniLM, FAISS, SQLite and the shipped QA weights."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app import DocQA
+from ingest.errors import FileMissingError, UnsupportedTypeError
+from ingest.store import StoreError
+from tests.ingest.conftest import pdf_bytes
+
+ROOT = Path(__file__).resolve().parents[2]
+PAGES = [
+    "The harbour town of Brightwater lies on a windy coast.\n\nIts fishing fleet sails at dawn every day.",
+    "The lighthouse keeper of Brightwater is Amelia Thornbury. She has kept the light burning for "
+    "thirty-one years.\n\nHer cat is called Pilot.",
+    "The annual regatta is held in August.\n\nThe winner receives a silver oar.",
+]
+
+
+@pytest.fixture(scope="module")
+def pdf(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("docs") / "brightwater.pdf"
+    path.write_bytes(pdf_bytes(PAGES, title="Brightwater"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def qa(tmp_path_factory) -> DocQA:
+    return DocQA(home=tmp_path_factory.mktemp("home"), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def doc_id(qa, pdf) -> str:
+    return qa.add(pdf)
+
+
+def test_ingest_reports_pages_and_is_content_addressed(qa, pdf, doc_id, tmp_path):
+    [info] = qa.documents()
+    assert (info.id, info.n_pages, info.title) == (doc_id, 3, "Brightwater")
+    assert info.n_chunks >= 1 and info.n_tokens > 40
+    copy = tmp_path / "same bytes, other name.pdf"
+    copy.write_bytes(pdf.read_bytes())
+    report = qa.ingest(copy)
+    assert report.doc_id == doc_id and not report.new
+    assert len(qa.documents()) == 1
+
+
+@pytest.mark.parametrize("method", ["bsbr", "faiss", "bm25"])
+def test_each_method_cites_the_right_page(qa, doc_id, method):
+    assert method in qa.methods
+    [answer] = qa.ask("Who is the lighthouse keeper of Brightwater?", methods=[method], top_k=3)
+    assert answer.method == method and answer.latency_ms > 0
+    top = answer.evidence[0]
+    assert top.page_start <= 2 <= top.page_end
+    assert "Amelia Thornbury" in top.text
+    assert top.answer_page == 2  # the page of the answer itself, not of the whole chunk
+    if not answer.abstained:
+        assert "Thornbury" in answer.answer
+        assert top.text[top.answer_start : top.answer_end] == answer.answer
+    assert len(answer.chunk_scores[doc_id]) == qa.documents()[0].n_chunks
+
+
+def test_bad_requests_raise_typed_one_line_errors(qa, doc_id, tmp_path):
+    with pytest.raises(FileMissingError, match="no such file"):
+        qa.add(tmp_path / "missing.pdf")
+    odd = tmp_path / "table.xlsx"
+    odd.write_bytes(b"PK\x03\x04")
+    with pytest.raises(UnsupportedTypeError) as err:
+        qa.add(odd)
+    assert "\n" not in str(err.value) and "table.xlsx" in str(err.value)
+    with pytest.raises(ValueError, match="empty"):
+        qa.ask("   ")
+    with pytest.raises(ValueError, match="unknown method"):
+        qa.ask("x?", methods=["magic"])
+    with pytest.raises(StoreError):
+        qa.ask("x?", docs=["0123456789abcdef"])
+
+
+def test_owners_do_not_see_each_other(qa, doc_id):
+    assert qa.documents(owner="bob") == []
+    with pytest.raises(StoreError):
+        qa.ask("Who keeps the light?", docs=[doc_id], owner="bob")
+    with pytest.raises(ValueError, match="no documents"):
+        qa.ask("Who keeps the light?", owner="bob")
+    with pytest.raises(StoreError):
+        qa.delete(doc_id, owner="bob")
+    assert [d.id for d in qa.documents()] == [doc_id]
+
+
+def test_delete_then_add_again(qa, pdf, doc_id):
+    qa.delete(doc_id)
+    assert qa.documents() == []
+    assert qa.add(pdf) == doc_id
+    [answer] = qa.ask("When is the regatta held?", methods=["faiss"])
+    assert answer.evidence[0].answer_page == 3
+
+
+def _cli(*args, home):
+    env = {**os.environ, "DOCQA_HOME": str(home), "HF_HUB_OFFLINE": "1", "DOCQA_DEVICE": "cpu"}
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_cli_ingest_and_ask_json(pdf, tmp_path):
+    done = _cli("ingest", str(pdf), "--json", home=tmp_path)
+    assert done.returncode == 0, done.stderr
+    [report] = json.loads(done.stdout)
+    assert report["pages"] == 3 and report["chunks"] >= 1 and report["new"]
+    done = _cli("ask", str(pdf), "Who is the lighthouse keeper?", "--method", "both", "--json", home=tmp_path)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["question"] == "Who is the lighthouse keeper?"
+    assert [a["method"] for a in out["answers"]] == ["bsbr", "faiss"]
+    for a in out["answers"]:
+        assert {"answer", "score", "abstained", "latency_ms", "evidence"} <= set(a)
+        ev = a["evidence"][0]
+        assert {"text", "page_start", "page_end", "char_start", "char_end", "score"} <= set(ev)
+        assert ev["page_start"] <= 2 <= ev["page_end"] and ev["answer_page"] == 2
+
+
+def test_cli_errors_are_one_line_without_traceback(tmp_path):
+    done = _cli("ingest", str(tmp_path / "nope.pdf"), home=tmp_path)
+    assert done.returncode == 1
+    assert "nope.pdf" in done.stderr and "Traceback" not in done.stderr
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    done = _cli("ask", str(empty), "anything?", home=tmp_path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert len([line for line in done.stderr.splitlines() if line.startswith("error")]) == 1

@@ -1,0 +1,161 @@
+import math
+import random
+
+import pytest
+import torch
+
+from model.encoder import BSBRConfig, BSBREncoder
+from model.qa import DocQAModel, LoRALinear, QAConfig, best_spans, merge_lora, question_rows, reader_rows
+from model.train import Documents, step_loss
+
+TINY = dict(
+    vocab_size=200,
+    hidden_size=32,
+    num_layers=2,
+    num_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=128,
+    chunk_size=16,
+    hidden_dropout=0.0,
+    attention_dropout=0.0,
+)
+
+
+def tiny_model(rank=4, seed=0):
+    torch.manual_seed(seed)
+    config = QAConfig(lora_rank=rank, question_tokens=8, passage_tokens=14, max_answer_tokens=5)
+    return DocQAModel(config, BSBREncoder(BSBRConfig(**TINY))).eval()
+
+
+def test_lora_starts_as_the_base_layer_and_merges_exactly():
+    torch.manual_seed(0)
+    base = torch.nn.Linear(8, 6)
+    x = torch.randn(3, 8)
+    expected = base(x)
+    lora = LoRALinear(base, rank=2, alpha=4.0)
+    torch.testing.assert_close(lora(x), expected)
+    with torch.no_grad():
+        lora.lora_b.normal_()
+    adapted = lora(x)
+    assert not torch.allclose(adapted, expected)
+    holder = torch.nn.Sequential(lora)
+    merge_lora(holder)
+    assert isinstance(holder[0], torch.nn.Linear)
+    torch.testing.assert_close(holder(x), adapted, atol=1e-5, rtol=1e-5)
+
+
+def test_only_the_delta_trains():
+    model = tiny_model()
+    names = {n for n, p in model.named_parameters() if p in set(model.trainable_parameters())}
+    assert any("lora_" in n for n in names) and any("meta_query" in n for n in names)
+    assert "span_head.weight" in names and "retrieval_log_scale" in names
+    assert not any(n.endswith("query.base.weight") or "embeddings" in n for n in names)
+
+
+def test_reader_rows_place_passage_tokens_at_their_offsets():
+    ids, mask, types, offsets = reader_rows([[5, 6], [7]], [[10, 11, 12], [13]], cls_id=1, sep_id=2)
+    assert ids[0].tolist() == [1, 5, 6, 2, 10, 11, 12, 2]
+    assert ids[1].tolist()[:5] == [1, 7, 2, 13, 2] and mask[1].tolist() == [1] * 5 + [0] * 3
+    assert types[0].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert offsets == [4, 3] and ids[0, offsets[0] + 2] == 12
+    q_ids, q_mask = question_rows([[5, 6], [7]], 1, 2)
+    assert q_ids.tolist() == [[1, 5, 6, 2], [1, 7, 2, 0]] and q_mask.sum().item() == 7
+
+
+def test_best_spans_picks_the_best_legal_span_and_scores_against_cls():
+    start = torch.full((1, 8), -5.0)
+    end = torch.full((1, 8), -5.0)
+    start[0, 0], end[0, 0] = 1.0, 1.0  # [CLS]
+    start[0, 1], end[0, 1] = 9.0, 9.0  # a question token: never part of an answer
+    start[0, 5], end[0, 6] = 4.0, 3.0  # passage tokens 1..2
+    end[0, 4] = 8.0  # an end before the start: illegal
+    score, s, e = best_spans(start, end, offsets=[4], lengths=[3], max_answer_tokens=5)
+    assert (s.item(), e.item()) == (1, 2)
+    assert score.item() == pytest.approx(4.0 + 3.0 - 2.0)
+    _, s, e = best_spans(start, end, offsets=[4], lengths=[3], max_answer_tokens=1)
+    assert s.item() == e.item()  # width limit
+
+
+def test_retrieval_scores_cover_document_chunks_only():
+    model = tiny_model()
+    ids = torch.randint(5, 200, (6, 16))
+    mask = torch.ones_like(ids)
+    mask[5] = 0  # an all-padding chunk is never retrieved
+    ids[5] = 0
+    cache = model.document_cache(ids, mask)
+    q_ids, q_mask = question_rows([[7, 8, 9], [10]], 1, 2)
+    scores = model.retrieval_scores(q_ids, q_mask, cache)
+    assert scores.shape == (2, 6)
+    assert torch.isinf(scores[:, 5]).all() and torch.isfinite(scores[:, :5]).all()
+
+
+def test_delta_round_trip(tmp_path, monkeypatch):
+    model = tiny_model()
+    with torch.no_grad():
+        for p in model.trainable_parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    model.config.abstain_threshold = 0.25
+    model.save_delta(tmp_path)
+    monkeypatch.setattr(
+        BSBREncoder, "from_minilm", classmethod(lambda cls, **kw: BSBREncoder(BSBRConfig(**TINY)))
+    )
+    torch.manual_seed(0)  # same base weights as tiny_model(seed=0)
+    loaded = DocQAModel.from_pretrained(tmp_path)
+    assert loaded.config.abstain_threshold == 0.25
+    ids, mask, types, _ = reader_rows([[5, 6]], [[10, 11, 12]], 1, 2)
+    expected = model.read(ids, mask, types, None)[0]
+    got = loaded.read(ids, mask, types, None)[0]
+    finite = torch.isfinite(expected)
+    torch.testing.assert_close(got[finite], expected[finite], atol=2e-2, rtol=2e-2)  # fp16 delta
+
+
+def test_config_round_trip_keeps_never_abstain():
+    config = QAConfig()
+    assert math.isinf(QAConfig.from_dict(config.to_dict()).abstain_threshold)
+    with pytest.raises(ValueError):
+        QAConfig.from_dict({"nope": 1})
+    with pytest.raises(ValueError):
+        QAConfig(question_tokens=300)
+
+
+def synthetic_documents(n_docs=2, chunks=6, questions=8, seed=0):
+    """Each question asks for a token that appears only in its gold chunk (a learnable task)."""
+    g = torch.Generator().manual_seed(seed)
+    chunk_ids = torch.zeros(n_docs * chunks, 16, dtype=torch.int16)
+    q = []
+    for c in range(n_docs * chunks):
+        body = torch.randint(20, 120, (10,), generator=g)
+        body[3] = 150 + c  # the chunk's unique "answer" token
+        chunk_ids[c, :12] = torch.cat([torch.tensor([1]), body, torch.tensor([2])])
+    for d in range(n_docs):
+        for i in range(questions):
+            c = d * chunks + i % chunks
+            q.append((d, c, 150 + c))
+    return {
+        "chunk_ids": chunk_ids,
+        "doc_ranges": torch.tensor([[d * chunks, (d + 1) * chunks] for d in range(n_docs)]),
+        "doc_is_val": torch.tensor([False] * n_docs),
+        "question_ids": torch.tensor([[7, tok, 8] + [0] * 5 for _, _, tok in q], dtype=torch.int16),
+        "q_doc": torch.tensor([d for d, _, _ in q]),
+        "q_chunk": torch.tensor([c for _, c, _ in q]),
+        "q_start": torch.tensor([3] * len(q)),
+        "q_end": torch.tensor([3] * len(q)),
+    }
+
+
+def test_training_steps_reduce_the_loss():
+    model = tiny_model(rank=4).train()
+    docs = Documents(synthetic_documents())
+    params = model.trainable_parameters()
+    opt = torch.optim.AdamW(params, lr=5e-3)
+    rng = random.Random(0)
+    losses = []
+    for step in range(40):
+        g = step % 2
+        loss, parts = step_loss(model, docs, g, docs.questions_of[g], rng, torch.device("cpu"))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        assert set(parts) == {"span", "retrieval"}
+    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
