@@ -1,4 +1,4 @@
-"""Command line: python -m app {ingest, ask, list, delete, eval, serve}. Errors are one line, exit code 1."""
+"""Command line: python -m app {ingest, ingest-many, ask, list, delete, eval, serve}. Errors are one line, exit code 1."""
 
 from __future__ import annotations
 
@@ -60,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="start the web app")
     p.add_argument("--host", default=None)
     p.add_argument("--port", type=int, default=None)
+    from app.ingest_many import add_arguments
+
+    add_arguments(sub.add_parser("ingest-many", help="ingest a folder on all torchrun ranks + library index"))
     from app.evaluate import add_eval_arguments
 
     add_eval_arguments(sub.add_parser("eval", help="long-document QA benchmark"))
@@ -143,6 +146,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from app.serve import serve
 
             return serve(host=args.host, port=args.port)
+        if args.command == "ingest-many":
+            from app.ingest_many import run
+
+            return run(args)
         if args.command == "eval":
             from app.evaluate import run_eval
 

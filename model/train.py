@@ -11,6 +11,14 @@ whose target is [CLS] ("not here"). Only the delta trains: LoRA adapters, meta p
 head, retrieval temperature. Seeded; logs JSON lines; checkpoints (safetensors, no pickle) every
 --save-every steps and resumes from --out when a checkpoint is there. At the end it validates on the
 held-out articles, calibrates the abstention threshold and writes the delta to --out/model.
+
+Several GPUs (issue 6): `torchrun --nproc_per_node=N -m model.train ... --docs-per-step K` trains with
+DistributedDataParallel (NCCL on GPUs, gloo on CPU). A step then reads K documents (the global batch),
+K / N on each rank: a DistributedSampler over the training documents, reshuffled per epoch, picks them,
+and each document's questions and negatives are drawn from a generator seeded by (seed, step, document),
+so the step's work, and DDP's averaged gradient, are the same whatever N is (tests/model/test_ddp.py).
+Rank 0 alone logs, checkpoints, validates and saves. --docs-per-step 1 on one process keeps the original
+sampling stream (one shared generator), so earlier runs reproduce.
 """
 
 from __future__ import annotations
@@ -19,13 +27,19 @@ import argparse
 import json
 import lzma
 import math
+import os
 import random
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors.torch import load, load_file, save_file
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
 
 from model.qa import DocQAModel, QAConfig, best_spans, question_rows, reader_rows
 
@@ -245,60 +259,185 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--val-questions", type=int, default=2000)
     p.add_argument("--max-minutes", type=float, default=None, help="stop early (then validate and save)")
+    p.add_argument("--docs-per-step", type=int, default=1, help="documents per step, over all ranks")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return p.parse_args(argv)
+
+
+def setup_distributed() -> tuple[int, int]:
+    """(rank, world size): from torchrun's environment when WORLD_SIZE > 1, else (0, 1).
+
+    Joins the process group (NCCL with one GPU per rank when CUDA is there, else gloo) with NCCL's
+    NVLink multicast off (NCCL_NVLS_ENABLE=0, TORCH_SYMM_MEM_DISABLE_MULTICAST=1).
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        backend = "gloo"
+        if torch.cuda.is_available():
+            os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
+            os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            backend = "nccl"
+        dist.init_process_group(backend)
+    return dist.get_rank(), dist.get_world_size()
+
+
+class StepLoss(nn.Module):
+    """`step_loss` as a forward pass, so that DistributedDataParallel sees the call and syncs gradients."""
+
+    def __init__(self, model: DocQAModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, docs: Documents, g: int, batch: list[int], rng: random.Random, device):
+        return step_loss(self.model, docs, g, batch, rng, device)
+
+
+class StepPlan:
+    """Which documents and questions each step reads on this rank.
+
+    With several documents per step or several ranks, the documents of step s are positions
+    [s*K, (s+1)*K) of the epoch's shuffled order (a DistributedSampler with set_epoch, so rank r reads
+    every N-th of them), and each document's questions come from Random(f"{seed}/{step}/{doc}").
+    """
+
+    def __init__(self, docs: Documents, args: argparse.Namespace, rank: int, world: int) -> None:
+        self.docs, self.rank, self.world = docs, rank, world
+        self.seed, self.k, self.questions = args.seed, args.docs_per_step, args.questions_per_step
+        self.train_docs = [g for g, v in enumerate(docs.is_val) if not v]
+        self.legacy = self.k == 1 and world == 1
+        self.rng = random.Random(args.seed)  # the original single-document stream
+        if self.k % world or not 0 < self.k <= len(self.train_docs):
+            raise ValueError(
+                f"--docs-per-step {self.k} must be a multiple of the {world} ranks and at most "
+                f"{len(self.train_docs)} (the training documents)"
+            )
+        self.steps_per_epoch = len(self.train_docs) // self.k
+        self.sampler = DistributedSampler(
+            self.train_docs, num_replicas=world, rank=rank, shuffle=True, seed=args.seed, drop_last=True
+        )
+
+    def __call__(self, step: int) -> list[tuple[int, list[int], random.Random]]:
+        """[(document, its questions, generator for the step's negatives)] for this rank."""
+        if self.legacy:
+            g = self.train_docs[self.rng.randrange(len(self.train_docs))]
+            return [(g, self._sample(g, self.rng), self.rng)]
+        epoch, position = divmod(step, self.steps_per_epoch)
+        self.sampler.set_epoch(epoch)
+        per_rank = self.k // self.world
+        mine = list(self.sampler)[position * per_rank : (position + 1) * per_rank]
+        plan = []
+        for i in mine:
+            g = self.train_docs[i]
+            rng = random.Random(f"{self.seed}/{step}/{g}")
+            plan.append((g, self._sample(g, rng), rng))
+        return plan
+
+    def _sample(self, g: int, rng: random.Random) -> list[int]:
+        questions = self.docs.questions_of[g]
+        return rng.sample(questions, min(self.questions, len(questions)))
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
-    rng = random.Random(args.seed)
-    device = torch.device(args.device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     docs = Documents(load_data(args.data))
-    model = DocQAModel.from_minilm(QAConfig(lora_rank=args.lora_rank)).to(device)
+    model = DocQAModel.from_minilm(QAConfig(lora_rank=args.lora_rank))
+    return train(model, docs, args)
+
+
+def train(model: DocQAModel, docs: Documents, args: argparse.Namespace) -> dict:
+    """Train `model` on `docs` (one process, or one rank under torchrun); rank 0 returns the metrics."""
+    rank, world = setup_distributed()
+    device = torch.device(args.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", torch.cuda.current_device())
+    model = model.to(device)
+    out = Path(args.out)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
     params = model.trainable_parameters()
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     step = load_checkpoint(model, opt, out)
-    train_docs = [g for g, v in enumerate(docs.is_val) if not v]
+    plan = StepPlan(docs, args, rank, world)
+    step_fn = StepLoss(model)
+    if world > 1:
+        step_fn = DistributedDataParallel(
+            step_fn, device_ids=[device.index] if device.type == "cuda" else None
+        )
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     start_time = time.time()
-    log = (out / "log.jsonl").open("a")
+    log = (out / "log.jsonl").open("a") if rank == 0 else None
     model.train()
     while step < args.steps:
-        g = train_docs[rng.randrange(len(train_docs))]
-        batch = rng.sample(docs.questions_of[g], min(args.questions_per_step, len(docs.questions_of[g])))
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
-        with autocast:
-            loss, parts = step_loss(model, docs, g, batch, rng, device)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        totals = _accumulate(step_fn, plan(step), docs, autocast, device, args.docs_per_step)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step += 1
         if step % args.log_every == 0 or step == 1:
-            row = {
-                "step": step,
-                "loss": round(loss.item(), 4),
-                **{k: round(v, 4) for k, v in parts.items()},
-                "lr": opt.param_groups[0]["lr"],
-                "seconds": round(time.time() - start_time, 1),
-            }
-            print(json.dumps(row), flush=True)
-            log.write(json.dumps(row) + "\n")
-        if step % args.save_every == 0:
+            if world > 1:
+                dist.all_reduce(totals)
+            loss, span, retrieval = (round(v, 4) for v in totals.tolist())
+            row = {"step": step, "loss": loss, "span": span, "retrieval": retrieval}
+            row |= {"lr": opt.param_groups[0]["lr"], "seconds": round(time.time() - start_time, 1)}
+            if log is not None:
+                print(json.dumps(row), flush=True)
+                log.write(json.dumps(row) + "\n")
+        if step % args.save_every == 0 and rank == 0:
             save_checkpoint(model, opt, step, out)
-        if args.max_minutes and time.time() - start_time > args.max_minutes * 60:
-            print(f"stopping at step {step}: --max-minutes reached", flush=True)
+        if _out_of_time(args, start_time, world, device):
+            if rank == 0:
+                print(f"stopping at step {step}: --max-minutes reached", flush=True)
             break
+    metrics = _finish(model, opt, docs, args, step, start_time, autocast, device) if rank == 0 else {}
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return metrics
+
+
+def _accumulate(step_fn, plan, docs: Documents, autocast, device, docs_per_step: int) -> torch.Tensor:
+    """Backward of this rank's documents, each loss / K: with DDP's average over ranks the gradient is
+    the mean over the step's K documents. Returns this rank's share of (loss, span, retrieval) means."""
+    totals = torch.zeros(3, device=device)
+    for j, (g, batch, rng) in enumerate(plan):
+        last = j == len(plan) - 1
+        sync = (
+            step_fn.no_sync() if isinstance(step_fn, DistributedDataParallel) and not last else nullcontext()
+        )
+        with sync:
+            with autocast:
+                loss, parts = step_fn(docs, g, batch, rng, device)
+            (loss / len(plan)).backward()
+        totals += torch.tensor([loss.item(), parts["span"], parts["retrieval"]], device=device)
+    return totals / docs_per_step
+
+
+def _out_of_time(args: argparse.Namespace, start_time: float, world: int, device) -> bool:
+    """--max-minutes, decided by rank 0 so that all ranks stop at the same step."""
+    if not args.max_minutes:
+        return False
+    stop = torch.tensor([float(time.time() - start_time > args.max_minutes * 60)], device=device)
+    if world > 1:
+        dist.broadcast(stop, 0)
+    return bool(stop.item())
+
+
+def _finish(model, opt, docs, args, step: int, start_time: float, autocast, device) -> dict:
+    """Rank 0: last checkpoint, validation + abstention threshold, the delta and metrics.json."""
+    out = Path(args.out)
     save_checkpoint(model, opt, step, out)
-    with autocast:
-        metrics = validate(model, docs, device, args.val_questions, args.seed)
+    metrics: dict = {}
+    if args.val_questions > 0:
+        with autocast:
+            metrics = validate(model, docs, device, args.val_questions, args.seed)
+        if metrics["abstain_threshold"] is not None:
+            model.config.abstain_threshold = metrics["abstain_threshold"]
     metrics |= {"steps": step, "train_seconds": round(time.time() - start_time, 1)}
-    if metrics["abstain_threshold"] is not None:
-        model.config.abstain_threshold = metrics["abstain_threshold"]
     model.save_delta(out / "model", metadata={"steps": step, "seed": args.seed})
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(json.dumps({"validation": metrics}), flush=True)

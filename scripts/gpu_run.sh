@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine (the `device` tool), from the repo root, with .carry (and .whl) carried:
-#   bash scripts/gpu_run.sh tests bench smoke train eval-all eval-article
+#   bash scripts/gpu_run.sh tests bench smoke train eval-all eval-article book
 # Each step logs to $OUT. The machine has no package index: wheels in .whl/ are installed to /tmp/site,
 # the base MiniLM is unpacked from .carry/minilm (see scripts/gpu_carry.py).
 set -uo pipefail
@@ -31,6 +31,8 @@ for step in "$@"; do
     eval-article) DOCQA_HOME=/tmp/home DOCQA_MODEL_DIR=${MODEL_DIR:-assets/qa_model} timeout 560 python3 -m app eval \
              --data .carry/dev-v1.1.json.gz --group article --methods bsbr,faiss,bm25 \
              --json "$OUT/eval_article.json" --unanswerable 300 --max-minutes "${EVAL_MINUTES:-8}" 2>&1 | tee "$OUT/eval_article.log" ;;
+    book) DOCQA_HOME=/tmp/home DOCQA_MODEL_DIR=${MODEL_DIR:-assets/qa_model} timeout 300 python3 \
+             scripts/book_latency.py --json "$OUT/book.json" 2>&1 | tee "$OUT/book.log" ;;
     *) echo "unknown step $step" ;;
   esac
 done

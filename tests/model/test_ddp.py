@@ -1,0 +1,78 @@
+"""DistributedDataParallel training (issue 6): two gloo ranks on CPU give the weights of one process
+reading the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
+from model.train import Documents, StepPlan, parse_args, train
+from tests.model.test_qa import synthetic_documents, tiny_model
+
+N_DOCS = 4
+
+
+def _args(out: Path, docs_per_step: int):
+    return parse_args(
+        ["--out", str(out), "--steps", "3", "--docs-per-step", str(docs_per_step)]
+        + ["--questions-per-step", "4", "--lr", "5e-3", "--warmup", "1", "--val-questions", "0"]
+        + ["--log-every", "1", "--save-every", "100", "--device", "cpu"]
+    )
+
+
+def _rank(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+    )  # what torchrun sets
+    torch.set_num_threads(1)
+    train(tiny_model(rank=4), Documents(synthetic_documents(n_docs=N_DOCS)), _args(Path(out), 2))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ranks_split_each_steps_documents_and_questions_like_one_process():
+    docs = Documents(synthetic_documents(n_docs=N_DOCS))
+    args = _args(Path("unused"), docs_per_step=2)
+    one = StepPlan(docs, args, rank=0, world=1)
+    ranks = [StepPlan(docs, args, rank=r, world=2) for r in range(2)]
+    for step in range(5):  # crosses an epoch boundary (2 steps per epoch)
+        expected = sorted((g, batch) for g, batch, _ in one(step))
+        got = sorted((g, batch) for plan in ranks for g, batch, _ in plan(step))
+        assert got == expected and len({g for g, _ in got}) == 2
+    epochs = [sorted(g for s in (0, 1) for g, _, _ in one(s + 2 * e)) for e in range(2)]
+    assert epochs[0] == epochs[1] == list(range(N_DOCS))  # each epoch reads every document once
+
+
+def test_two_gloo_ranks_train_the_same_weights_as_one_process(tmp_path, monkeypatch):
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    train(tiny_model(rank=4), Documents(synthetic_documents(n_docs=N_DOCS)), _args(tmp_path / "one", 2))
+    mp.spawn(_rank, args=(2, _free_port(), str(tmp_path / "ddp")), nprocs=2)
+
+    single = load_file(tmp_path / "one" / "checkpoint.safetensors")
+    ddp = load_file(tmp_path / "ddp" / "checkpoint.safetensors")
+    model = tiny_model(rank=4)
+    trained = {id(p) for p in model.trainable_parameters()}
+    initial = {f"param.{n}": p.detach() for n, p in model.named_parameters() if id(p) in trained}
+    assert single.keys() == ddp.keys() and set(initial) <= single.keys()
+    assert any(not torch.equal(single[k], initial[k]) for k in initial)  # training moved the weights
+    for key in single:
+        torch.testing.assert_close(ddp[key], single[key], rtol=1e-5, atol=1e-6, msg=key)
+    logs = [[json.loads(line) for line in (tmp_path / run / "log.jsonl").open()] for run in ("one", "ddp")]
+    assert [r["step"] for r in logs[1]] == [1, 2, 3]  # only rank 0 logs
+    for a, b in zip(*logs, strict=True):
+        assert abs(a["loss"] - b["loss"]) < 1e-3
