@@ -28,7 +28,9 @@ from ingest.types import Chunk
 StageProgress = Callable[[str, int, int], None]
 METHODS = ("bsbr", "faiss", "bm25")
 MAX_QUESTION_CHARS = 1000
-READ_K = 20  # candidates the reader rescores (FINDINGS.md: reading the top 20 lifted R@1 0.69 -> 0.86)
+# Candidates the reader rescores (FINDINGS.md: reading the top 20 lifted R@1 0.69 -> 0.86); on a CPU
+# fewer, to keep a question near a second (settings.read_k / DOCQA_READ_K overrides both).
+READ_K_GPU, READ_K_CPU = 20, 8
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+")
 
 
@@ -61,6 +63,7 @@ class DocQA:
         self.faiss = FaissRetriever(self.store, self.device)
         self.bm25 = Bm25Retriever(self.store)
         self.engine = QAEngine.load_if_present(self.device)
+        self.read_k = self.settings.read_k or (READ_K_GPU if self.device.startswith("cuda") else READ_K_CPU)
         self._ingest_lock = threading.Lock()  # guards _doc_locks
         self._doc_locks: dict[str, threading.Lock] = {}
         self._memo_lock = threading.Lock()
@@ -248,7 +251,7 @@ class DocQA:
 
         Args:
             top_k: evidence passages returned per answer.
-            retrieve_k: candidates kept from the retrieval stage (default max(top_k, READ_K));
+            retrieve_k: candidates kept from the retrieval stage (default max(top_k, self.read_k));
                 Answer.retrieved lists them in retrieval order.
         Returns:
             one Answer per method, in the order asked, each with up to `top_k` evidence passages.
@@ -269,7 +272,7 @@ class DocQA:
         doc_ids = self._doc_ids(docs, owner)
         if self.engine is None or "faiss" in methods:
             self.faiss.embedder  # noqa: B018 - load the encoder before any answer's clock starts
-        depth = max(top_k, retrieve_k or READ_K)
+        depth = max(top_k, retrieve_k or self.read_k)
         return [self._answer(m, question, doc_ids, top_k, depth) for m in methods]
 
     def _doc_ids(self, docs: Sequence[str] | None, owner: str | None) -> list[str]:
@@ -314,8 +317,8 @@ class DocQA:
     def _read(
         self, method: str, question: str, candidates: list[tuple[float, str, int]], top_k: int
     ) -> Answer:
-        """Read the top READ_K candidates, rerank them by has-answer score, answer or abstain."""
-        read = candidates[:READ_K]
+        """Read the top read_k candidates, rerank them by has-answer score, answer or abstain."""
+        read = candidates[: self.read_k]
         readings: list[tuple[float, Evidence]] = []
         for doc_id in dict.fromkeys(d for _, d, _ in read):
             mine = [(s, i) for s, d, i in read if d == doc_id]
@@ -329,7 +332,7 @@ class DocQA:
                 readings.append((r.score, ev))
         readings.sort(key=lambda x: -x[0])
         evidence = [ev for _, ev in readings]
-        evidence += [self._evidence(d, i, s) for s, d, i in candidates[READ_K:]]
+        evidence += [self._evidence(d, i, s) for s, d, i in candidates[self.read_k :]]
         evidence = evidence[:top_k]
         if not readings:
             return Answer(method, "", 0.0, True, 0.0, [], message="no passage matched the question")

@@ -133,3 +133,14 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
     done = _cli("ask", str(empty), "anything?", home=tmp_path)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert len([line for line in done.stderr.splitlines() if line.startswith("error")]) == 1
+
+
+def test_read_k_defaults_by_device_and_env(monkeypatch, qa):
+    from app.settings import Settings
+
+    assert qa.read_k == 8  # a CPU DocQA reads fewer candidates to keep a question near a second
+    monkeypatch.setenv("DOCQA_READ_K", "13")
+    assert Settings.from_env().read_k == 13
+    monkeypatch.setenv("DOCQA_READ_K", "many")
+    with pytest.raises(ValueError, match="DOCQA_READ_K"):
+        Settings.from_env()
