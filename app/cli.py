@@ -1,4 +1,4 @@
-"""Command line: python -m app {ingest, ingest-many, ask, list, delete, eval, serve}. Errors are one line, exit code 1."""
+"""Command line: python -m app {ingest, ask, list, delete, eval, serve}. Errors are one line, exit code 1."""
 
 from __future__ import annotations
 

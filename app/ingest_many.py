@@ -64,8 +64,9 @@ def ingest_share(qa, files: list[Path], owner: str = "local") -> RankResult:
     result, start = RankResult(), time.perf_counter()
     for path in files:
         try:
-            if qa.store.has(file_id(path)):
-                qa.store.add_owner(file_id(path), owner)
+            doc_id = file_id(path)
+            if qa.store.has(doc_id):
+                qa.store.add_owner(doc_id, owner)
                 result.skipped.append(str(path))
                 continue
             report = qa.ingest(path, owner=owner)

@@ -26,6 +26,9 @@ from pathlib import Path
 from ingest.types import Chunk, ParsedDocument
 
 FORMAT_VERSION = 1
+# An array folder without its row is removed at open only once it is this old: a live process moves
+# the folder into place and commits the row right after (milliseconds apart).
+ORPHAN_GRACE_S = 60.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -82,22 +85,27 @@ class DocumentStore:
         self._db.execute("PRAGMA foreign_keys=ON")
         with self._lock, self._db:
             self._db.executescript(_SCHEMA)
+            # OR IGNORE: several processes may open a new store at once (torchrun ingest-many).
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('format_version', ?)", (str(FORMAT_VERSION),)
+            )
             row = self._db.execute("SELECT value FROM meta WHERE key='format_version'").fetchone()
-            if row is None:
-                self._db.execute("INSERT INTO meta VALUES ('format_version', ?)", (str(FORMAT_VERSION),))
-            elif int(row[0]) != FORMAT_VERSION:
+            if int(row[0]) != FORMAT_VERSION:
                 raise StoreError(
                     f"{self.home}: store format {row[0]} is not {FORMAT_VERSION}; use another DOCQA_HOME"
                 )
         self._recover()
 
     def _recover(self) -> None:
-        """Delete what a crash can leave behind: staging folders, and array folders with no document."""
+        """Delete what a crash can leave behind: staging files of processes that are gone, and array
+        folders with no document. Another live process may share the store (the app and the CLI, or
+        torchrun ranks): its staging files and a folder it is about to commit are left alone."""
         for leftover in self.tmp_dir.iterdir():
-            shutil.rmtree(leftover, ignore_errors=True)
+            if not _owner_alive(leftover.name):
+                _remove(leftover)
         known = {r[0] for r in self._db.execute("SELECT id FROM documents")}
         for folder in self.docs_dir.iterdir():
-            if folder.name not in known:
+            if folder.name not in known and time.time() - folder.stat().st_mtime > ORPHAN_GRACE_S:
                 shutil.rmtree(folder, ignore_errors=True)
 
     def has(self, doc_id: str) -> bool:
@@ -124,7 +132,7 @@ class DocumentStore:
             artifacts: file name -> function writing that file at the given path.
             owner: who may see the document (a session id, or "local" for the CLI and API).
         """
-        staging = self.tmp_dir / f"{doc_id}.{uuid.uuid4().hex}"
+        staging = self.tmp_dir / _staging_name(doc_id)
         staging.mkdir()
         try:
             for name, write in artifacts.items():
@@ -170,7 +178,7 @@ class DocumentStore:
     def put_artifact(self, doc_id: str, name: str, write: ArtifactWriter) -> Path:
         """Add or replace one array file of a stored document atomically (write aside, then rename)."""
         final = self.docs_dir / doc_id / name
-        staging = self.tmp_dir / f"{doc_id}.{name}.{uuid.uuid4().hex}"
+        staging = self.tmp_dir / _staging_name(f"{doc_id}.{name}")
         try:
             write(staging)
             with self._lock:
@@ -259,3 +267,32 @@ class DocumentStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _staging_name(suffix: str) -> str:
+    """ "<pid>.<random>.<suffix>": recovery can tell whose staging file it is."""
+    return f"{os.getpid()}.{uuid.uuid4().hex}.{suffix}"
+
+
+def _owner_alive(name: str) -> bool:
+    """Whether the process that made staging file `name` is still running (and is not this one)."""
+    try:
+        pid = int(name.split(".", 1)[0])
+    except ValueError:
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)

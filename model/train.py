@@ -2,6 +2,7 @@
 
     python -m model.data --out .carry/train.safetensors          # CPU, once: chunk + tokenise
     python -m model.train --data .carry/train.safetensors --out runs/qa --steps 1500
+    torchrun --nproc_per_node=8 -m model.train --data .carry/train.safetensors --docs-per-step 8 ...
 
 Each step reads one long training document (24 concatenated articles, ~750 chunks) with gradients,
 then a batch of its questions: a retrieval loss (cross-entropy of the question chunk's block-retrieval

@@ -1,4 +1,6 @@
+import os
 import sqlite3
+import time
 
 import numpy as np
 import pytest
@@ -70,13 +72,49 @@ def test_reopen_removes_crash_leftovers(tmp_path):
     doc = _doc()
     store.add("kept", doc, _chunks(doc), {"x.npy": _writer(1)}, owner="o", timings={})
     store.close()
-    # what a crash can leave: a staging folder, and arrays moved into place before the rows committed
+    # what a crash can leave: staging folders of dead processes, and arrays moved into place before the
+    # rows committed
     (tmp_path / "tmp" / "half.123").mkdir()
-    (tmp_path / "docs" / "orphan").mkdir()
+    (tmp_path / "tmp" / f"{_dead_pid()}.abc.d9").mkdir()
+    orphan = tmp_path / "docs" / "orphan"
+    orphan.mkdir()
+    old = time.time() - 3600
+    os.utime(orphan, (old, old))
     reopened = DocumentStore(tmp_path)
     assert [d.id for d in reopened.list()] == ["kept"]
     assert sorted(p.name for p in (tmp_path / "docs").iterdir()) == ["kept"]
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_reopen_leaves_another_live_process_alone(tmp_path):
+    DocumentStore(tmp_path).close()
+    staging = tmp_path / "tmp" / f"{os.getppid()}.abc.d1"  # the parent process is alive
+    staging.mkdir()
+    committing = tmp_path / "docs" / "d2"  # just moved into place, its row about to commit
+    committing.mkdir()
+    DocumentStore(tmp_path)
+    assert staging.exists() and committing.exists()
+
+
+def test_two_processes_can_open_a_new_store_at_once(tmp_path):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=DocumentStore, args=(tmp_path,)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
 
 
 def test_put_artifact_replaces_atomically_and_checks_the_id(tmp_path):
