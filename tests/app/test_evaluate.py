@@ -1,0 +1,130 @@
+"""`python -m app eval` on hand-made data with known answers: loading, gold passages, metrics."""
+
+import json
+
+import pytest
+
+from app import DocQA
+from app.evaluate import EvalQuestion, _limit, evaluate, format_table, gold_chunks, load_jsonl, load_squad
+from ingest.types import Chunk
+
+SQUAD = {
+    "data": [
+        {
+            "title": "Harbour",
+            "paragraphs": [
+                {
+                    "context": "The lighthouse keeper of Brightwater is Amelia Thornbury.",
+                    "qas": [
+                        {
+                            "id": "q1",
+                            "question": "Who keeps the Brightwater lighthouse?",
+                            "answers": [{"text": "Amelia Thornbury", "answer_start": 40}],
+                        }
+                    ],
+                },
+                {
+                    "context": "The regatta is held every August. The winner receives a silver oar.",
+                    "qas": [
+                        {
+                            "id": "q2",
+                            "question": "What does the regatta winner receive?",
+                            "answers": [{"text": "a silver oar", "answer_start": 54}],
+                        }
+                    ],
+                },
+            ],
+        },
+        {
+            "title": "Mountains",
+            "paragraphs": [
+                {
+                    "context": "Mount Kessel is 3,402 metres high and was first climbed in 1861.",
+                    "qas": [
+                        {
+                            "id": "q3",
+                            "question": "When was Mount Kessel first climbed?",
+                            "answers": [{"text": "1861", "answer_start": 59}],
+                        }
+                    ],
+                },
+            ],
+        },
+    ]
+}
+
+
+@pytest.fixture()
+def squad_file(tmp_path):
+    path = tmp_path / "mini.json"
+    path.write_text(json.dumps(SQUAD))
+    return path
+
+
+def test_load_squad_maps_answer_spans_into_the_documents(squad_file):
+    by_article = load_squad(squad_file, "article")
+    assert [d.title for d in by_article] == ["Harbour", "Mountains"]
+    together = load_squad(squad_file, "all")
+    assert len(together) == 1 and len(together[0].questions) == 3
+    for docs in (by_article, together):
+        for doc in docs:
+            for q in doc.questions:
+                start, end = q.spans[0]
+                assert doc.text[start:end] == q.answers[0]
+
+
+def test_gold_chunks_use_spans_or_answer_text():
+    chunks = [Chunk(0, 0, 10, 1, 1, 3, "a" * 10), Chunk(1, 12, 30, 1, 1, 3, "The Silver Oar is here")]
+    assert gold_chunks(EvalQuestion("q", "?", ["x"], [(14, 16)]), chunks) == {1}
+    assert gold_chunks(EvalQuestion("q", "?", ["silver oar"]), chunks) == {1}
+    assert gold_chunks(EvalQuestion("q", "?", ["nowhere"]), chunks) == set()
+
+
+def test_limit_spreads_questions_over_documents(squad_file):
+    docs = _limit(load_squad(squad_file, "article"), 2)
+    assert sum(len(d.questions) for d in docs) == 2
+
+
+def test_load_jsonl_resolves_paths_and_free_form_answers(tmp_path):
+    (tmp_path / "doc.txt").write_text("Mount Kessel was first climbed in 1861.")
+    rows = [
+        {
+            "id": "a",
+            "title": "T",
+            "path": "doc.txt",
+            "questions": [{"question": "When?", "answers": ["1861"]}],
+        },
+        {"id": "b", "text": "inline", "questions": []},
+    ]
+    data = tmp_path / "set.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    docs = load_jsonl(data)
+    assert docs[0].path == str(tmp_path / "doc.txt") and docs[0].questions[0].answers == ["1861"]
+    assert docs[1].text == "inline"
+    data.write_text(json.dumps({"id": "c", "questions": []}))
+    with pytest.raises(ValueError, match="'text' or 'path'"):
+        load_jsonl(data)
+
+
+def test_evaluate_end_to_end_with_known_answers(squad_file, tmp_path):
+    qa = DocQA(home=tmp_path / "home", device="cpu")
+    result = evaluate(
+        qa, load_squad(squad_file, "article"), ["bm25", "faiss"], progress=False, unanswerable=2
+    )
+    assert (result["documents"], result["questions"], result["questions_total"]) == (2, 3, 3)
+    for method, row in result["methods"].items():
+        # each article is one chunk, so the gold passage is always the top (and only) one
+        assert row["recall@1"] == 1.0 and row["retrieval_recall@1"] == 1.0, method
+        for key in (
+            "em",
+            "f1",
+            "f1_never_abstain",
+            "answer_in_evidence",
+            "abstain_rate",
+            "abstain_rate_unanswerable",
+        ):
+            assert 0.0 <= row[key] <= 1.0
+        assert row["f1_never_abstain"] >= row["f1"] - 1e-9
+        assert row["answer_in_evidence"] == 1.0
+        assert row["latency_ms_p95"] >= row["latency_ms_p50"] > 0
+    assert "| bm25 |" in format_table(result)
