@@ -122,7 +122,9 @@ class DocQA:
                 self.store.add_owner(doc_id, owner)
                 return self._report(self.store.info(doc_id), time.perf_counter() - start, new=False)
             t = time.perf_counter()
-            parsed = extract(path, password=password)
+            parsed = extract(
+                path, password=password, max_pages=self.settings.max_pages, max_chars=self.settings.max_chars
+            )
             self._check_limits(parsed, path)
             _tick(progress, "extract", parsed.n_pages)
             return self._index_and_store(doc_id, parsed, owner, progress, start, time.perf_counter() - t)
@@ -160,8 +162,8 @@ class DocQA:
         timings = {"extract": extract_seconds}
         t = time.perf_counter()
         chunks = chunk_document(parsed)
-        if not chunks:
-            raise EmptyDocumentError(parsed.path, "no text to index")
+        if not any(c.n_tokens for c in chunks):  # e.g. only zero-width or replacement characters
+            raise EmptyDocumentError(parsed.path, "no readable words to index")
         timings["chunk"] = time.perf_counter() - t
         _tick(progress, "chunk", len(chunks))
         artifacts = self._build_artifacts(chunks, progress, timings)

@@ -135,5 +135,8 @@ class QAEngine:
         out = []
         for i, (sc, a, b) in enumerate(zip(score.tolist(), s.tolist(), e.tolist(), strict=True)):
             spans = enc["offset_mapping"][i]
+            if not pieces[i]:  # a passage of no word-pieces holds no answer
+                out.append(Reading(float("-inf"), 0, 0))
+                continue
             out.append(Reading(sc, spans[a][0], spans[b][1]))
         return out

@@ -79,6 +79,8 @@ class Bm25Retriever:
 
         texts = [c.text for c in self.store.chunks(doc_id)]
         tokens = bm25s.tokenize(texts, stopwords="en", show_progress=False)
+        if not tokens.vocab:  # only one-letter words or stop words: bm25s cannot index it, nothing matches
+            return None
         index = bm25s.BM25()
         index.index(tokens, show_progress=False)
         return index
@@ -88,7 +90,9 @@ class Bm25Retriever:
 
         index = self._index(doc_id)
         query = bm25s.tokenize([question], stopwords="en", show_progress=False, return_ids=False)[0]
-        scores = index.get_scores(query).astype(np.float32) if query else np.zeros(0, np.float32)
+        scores = np.zeros(0, np.float32)
+        if query and index is not None:
+            scores = index.get_scores(query).astype(np.float32)
         if scores.size == 0:
             scores = np.zeros(len(self.store.chunks(doc_id)), np.float32)
         ids = np.argsort(-scores, kind="stable")[:k]

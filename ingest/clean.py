@@ -18,12 +18,19 @@ PAGE_SEPARATOR = "\n\n"
 # Line and paragraph separators other than "\n" become "\n" so that line-based steps see them.
 _LINE_BREAKS = str.maketrans({"\r": "\n", "\x0b": "\n", "\x85": "\n", "\u2028": "\n", "\u2029": "\n\n"})
 # Control characters carry no text; tab, newline and form feed are whitespace and kept for later steps.
-_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f\ufeff]")
+# U+FFFD, what a PDF with a broken font map often yields, carries none either (the tokenizer drops it).
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f\ufeff\ufffd]")
 _LETTERS = r"[^\W\d_]+"
-_LINE_BREAK_HYPHEN = re.compile(rf"({_LETTERS})[-\u00ad][^\S\n]*\n[^\S\n]*({_LETTERS})")
-_COMPOUND = re.compile(rf"({_LETTERS})-(?=({_LETTERS}))")
+# A word before a hyphen starts where a run of letters starts and takes the whole run (possessive): without
+# both, every position inside a long run of letters is retried and the search is quadratic (a 40 kB word
+# took 27 s; a 50 MB line of one "word" would never end).
+_WORD_BEFORE_HYPHEN = r"(?<![^\W\d_])([^\W\d_]++)"
+_LINE_BREAK_HYPHEN = re.compile(rf"{_WORD_BEFORE_HYPHEN}[-\u00ad][^\S\n]*\n[^\S\n]*({_LETTERS})")
+_COMPOUND = re.compile(rf"{_WORD_BEFORE_HYPHEN}-(?=({_LETTERS}))")
 _PARAGRAPH_BREAK = re.compile(r"\n[^\S\n]*\n\s*")
-_SPACES = re.compile(r"\s+")
+# Runs of whitespace become one space. A lone space already is one, and matching each would cost a
+# match object per word (1 GB of them for a 50 MB line).
+_SPACES = re.compile(r"\s{2,}|[^\S ]")
 _DIGITS = re.compile(r"\d+")
 
 # A line is a running header/footer when it opens (or closes) at least this share of the pages with text.
@@ -34,7 +41,7 @@ _HEADER_PASSES = 2
 
 
 def normalize_unicode(text: str) -> str:
-    """NFC-normalise, unify line endings to "\\n" and drop control characters (NUL, BOM, ...).
+    """NFC-normalise, unify line endings to "\\n" and drop control characters (NUL, BOM, U+FFFD, ...).
 
     Args:
         text: raw text of one page or file.

@@ -7,12 +7,18 @@ Every failure is one of the typed errors in ingest.errors, never a pypdf excepti
 
 from __future__ import annotations
 
+import contextvars
 import io
+import logging
+import re
 import statistics
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from pypdf import PasswordType, PdfReader
+from pypdf import PasswordType, PdfReader, apply_configuration
 
 from ingest.clean import clean_pages, join_pages, normalize_unicode
 from ingest.errors import (
@@ -21,6 +27,7 @@ from ingest.errors import (
     EncryptedDocumentError,
     FileMissingError,
     IngestError,
+    LimitExceededError,
     UnsupportedTypeError,
 )
 from ingest.types import ParsedDocument
@@ -49,7 +56,7 @@ _LEGACY_ENCODINGS = ("cp1252", "latin-1")
 # Text has few control characters; a file where they are common is binary under a text name. NUL is
 # left out: stray NULs are stripped, and UTF-16 text without a BOM is readable once they are.
 _MAX_CONTROL_SHARE = 0.1
-_TEXT_CONTROLS = frozenset("\t\n\r\f\x00")
+_BINARY_CONTROLS = re.compile(r"[\x01-\x08\x0b\x0e-\x1f\x7f-\x9f]")  # all but \t \n \r \f and NUL
 # The PDF header may follow some junk, but only within the first KiB (PDF 1.7, annex H).
 _PDF_HEADER_WINDOW = 1024
 # A vertical jump this much larger than the page's usual line pitch starts a new paragraph.
@@ -57,14 +64,89 @@ _PARAGRAPH_GAP = 1.3
 _MIN_LINES_FOR_PITCH = 3
 _PITCH_QUANTILE = 10  # the 10th percentile
 _MAX_LISTED_PAGES = 20
+# pypdf's own limits guard decompression (75 MB of output per stream, 300 MB of decoding work) and are kept;
+# its budget of 2,000,000 tokens per content stream is lowered, because parsing that many takes ~30 s on
+# one core. A dense text page has ~10k; a page over the budget is kept empty and named, like any page
+# pypdf cannot read.
+PDF_MAX_STREAM_TOKENS = 300_000
+# A page that takes longer is kept empty and named (an ordinary page takes milliseconds). The check runs
+# before every content-stream operator, so a page stops within one stream's parse (about 3 s at most).
+PDF_MAX_PAGE_SECONDS = 10.0
+# A damaged file can make pypdf log a line per object it repairs (22,000 for one nested page dictionary);
+# the first few of each extraction go to the log, the rest are only counted.
+_MAX_LOGGED_PDF_WARNINGS = 5
+_MAX_REASON_CHARS = 200
+
+log = logging.getLogger(__name__)
 
 
-def extract(path: str | Path, password: str | None = None) -> ParsedDocument:
+@dataclass
+class _PdfWarnings:
+    """pypdf warnings seen during one extraction."""
+
+    name: str
+    count: int = 0
+    first: str = ""
+
+
+_CURRENT_PDF: contextvars.ContextVar[_PdfWarnings | None] = contextvars.ContextVar("pdf", default=None)
+
+
+class _PdfLogRelay(logging.Handler):
+    """Takes over pypdf's log: counts each extraction's warnings and relays only the first few."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        seen = _CURRENT_PDF.get()
+        if seen is None:
+            log.log(record.levelno, "pypdf: %s", record.getMessage())
+            return
+        seen.count += 1
+        seen.first = seen.first or " ".join(record.getMessage().split())[:_MAX_REASON_CHARS]
+        if seen.count <= _MAX_LOGGED_PDF_WARNINGS:
+            log.log(record.levelno, "%s: pypdf: %s", seen.name, record.getMessage())
+
+
+def _install_pdf_log_relay() -> None:
+    pypdf_log = logging.getLogger("pypdf")
+    if not any(isinstance(h, _PdfLogRelay) for h in pypdf_log.handlers):
+        pypdf_log.addHandler(_PdfLogRelay())
+        pypdf_log.propagate = False
+
+
+_install_pdf_log_relay()
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on one extraction (None: unbounded). The app passes DOCQA_MAX_PAGES, DOCQA_MAX_CHARS and
+    DOCQA_MAX_EXTRACT_SECONDS; see docs/RELIABILITY.md.
+
+    Attributes:
+        max_pages: most pages a PDF may have; checked before any page is read.
+        max_chars: most characters of extracted text (before clean-up), checked as pages are read.
+        max_seconds: time budget for reading a PDF's pages, checked before each page (one page's own
+            time is bounded by pypdf's limits and PDF_MAX_STREAM_TOKENS: a few seconds at worst).
+    """
+
+    max_pages: int | None = None
+    max_chars: int | None = None
+    max_seconds: float | None = None
+
+
+def extract(
+    path: str | Path,
+    password: str | None = None,
+    *,
+    max_pages: int | None = None,
+    max_chars: int | None = None,
+    max_seconds: float | None = None,
+) -> ParsedDocument:
     """Read a PDF (page by page, with pypdf) or a .txt/.md file into one cleaned document.
 
     Args:
         path: the file.
         password: the password of an encrypted PDF (ignored for text files).
+        max_pages, max_chars, max_seconds: see `Limits` (None: no limit).
 
     Returns:
         The ParsedDocument; pages without a text layer are kept empty, listed in `scanned_pages` and
@@ -72,8 +154,9 @@ def extract(path: str | Path, password: str | None = None) -> ParsedDocument:
 
     Raises:
         FileMissingError, UnsupportedTypeError, CorruptDocumentError, EncryptedDocumentError,
-        EmptyDocumentError: see ingest.errors; str(error) is "<file>: <reason>".
+        EmptyDocumentError, LimitExceededError: see ingest.errors; str(error) is "<file>: <reason>".
     """
+    limits = Limits(max_pages, max_chars, max_seconds)
     file, name = Path(path), str(path)
     suffix = file.suffix.lower()
     if not file.exists():
@@ -87,8 +170,8 @@ def extract(path: str | Path, password: str | None = None) -> ParsedDocument:
     if not data:
         raise EmptyDocumentError(name, "empty file (0 bytes)")
     if suffix in PDF_SUFFIXES:
-        return _extract_pdf(data, name, file.stem, password)
-    pages, warnings = read_text_pages(data, name)
+        return _extract_pdf(data, name, file.stem, password, limits)
+    pages, warnings = read_text_pages(data, name, max_chars=limits.max_chars)
     return build_document(name, file.stem, pages, warnings=warnings)
 
 
@@ -165,15 +248,16 @@ def _empty_reason(n_pages: int, n_scanned: int, n_unreadable: int) -> str:
             f"no extractable text in {n_pages} pages ({n_scanned} without a text layer, "
             f"{n_unreadable} unreadable, the rest blank)"
         )
-    return "no text (only whitespace)"
+    return "no text (only whitespace, control or unreadable characters)"
 
 
-def read_text_pages(data: bytes, name: str) -> tuple[list[str], list[str]]:
+def read_text_pages(data: bytes, name: str, max_chars: int | None = None) -> tuple[list[str], list[str]]:
     """Decode a text file and split it into pages at form feeds.
 
     Args:
         data: the file's bytes (not empty).
         name: the file name, for messages.
+        max_chars: most characters the decoded text may have (LimitExceededError beyond).
 
     Returns:
         (pages, warnings): the page texts (one page when there is no form feed; a form feed that
@@ -181,22 +265,21 @@ def read_text_pages(data: bytes, name: str) -> tuple[list[str], list[str]]:
 
     Raises:
         UnsupportedTypeError: the bytes are a PDF, an image or another binary format.
+        LimitExceededError: the text is over max_chars.
     """
     for signature, kind in _SIGNATURES.items():
         if data.startswith(signature):
             raise UnsupportedTypeError(name, f"the file is {kind}, not text")
     text, warnings = _decode(data)
-    controls = sum(1 for ch in text if _is_control(ch) and ch not in _TEXT_CONTROLS)
+    if max_chars is not None and len(text) > max_chars:
+        raise LimitExceededError(name, f"{len(text):,} characters, over the {max_chars:,}-character limit")
+    controls = len(text) - len(_BINARY_CONTROLS.sub("", text))
     if controls > _MAX_CONTROL_SHARE * len(text):
         raise UnsupportedTypeError(name, "the file looks like binary data, not text")
     pages = text.replace("\x00", "").split("\f")
     if len(pages) > 1 and not pages[-1].strip():
         pages.pop()
     return pages, warnings
-
-
-def _is_control(ch: str) -> bool:
-    return ch < " " or "\x7f" <= ch <= "\x9f"
 
 
 def _decode(data: bytes) -> tuple[str, list[str]]:
@@ -217,30 +300,107 @@ def _decode(data: bytes) -> tuple[str, list[str]]:
     raise AssertionError("latin-1 decodes every byte string")
 
 
-def _extract_pdf(data: bytes, name: str, stem: str, password: str | None) -> ParsedDocument:
+def _extract_pdf(data: bytes, name: str, stem: str, password: str | None, limits: Limits) -> ParsedDocument:
     if b"%PDF-" not in data[:_PDF_HEADER_WINDOW]:
         raise CorruptDocumentError(name, "not a PDF (no %PDF- header)")
-    reader, n_pages = _open_pdf(data, name, password)
-    raw_pages: list[str] = []
-    scanned: list[int] = []
-    unreadable: list[int] = []
-    first_failure = ""
-    for number in range(1, n_pages + 1):
+    with _pdf_session(name) as seen:
         try:
-            text = _page_text(reader, number - 1)
-        # pypdf raises many exception types on damaged pages; any of them makes the page unreadable.
+            return _read_pdf(data, name, stem, password, limits, seen)
+        except IngestError:
+            raise
+        # A last net: nesting deeper than the recursion limit, or a pypdf error raised outside a page.
         except Exception as exc:
-            first_failure = first_failure or _describe(exc)
-            unreadable.append(number)
-            text = ""
-        else:
-            if not text.strip():
-                scanned.append(number)
-        raw_pages.append(text)
-    if len(unreadable) == n_pages:
-        raise CorruptDocumentError(name, f"no page could be read ({first_failure})")
+            raise CorruptDocumentError(name, f"cannot read the PDF ({_describe(exc)})") from None
+
+
+@contextmanager
+def _pdf_session(name: str) -> Iterator[_PdfWarnings]:
+    """pypdf limits for untrusted input, and a tally of pypdf's warnings, for one extraction."""
+    seen = _PdfWarnings(name)
+    token = _CURRENT_PDF.set(seen)
+    try:
+        with apply_configuration(stream_parsing_work_maximum_count=PDF_MAX_STREAM_TOKENS):
+            yield seen
+    finally:
+        _CURRENT_PDF.reset(token)
+        if seen.count > _MAX_LOGGED_PDF_WARNINGS:
+            log.warning("%s: pypdf: %d more warnings not logged", name, seen.count - _MAX_LOGGED_PDF_WARNINGS)
+
+
+def _read_pdf(
+    data: bytes, name: str, stem: str, password: str | None, limits: Limits, seen: _PdfWarnings
+) -> ParsedDocument:
+    deadline = time.monotonic() + limits.max_seconds if limits.max_seconds is not None else float("inf")
+    reader, n_pages = _open_pdf(data, name, password)
+    if limits.max_pages is not None and n_pages > limits.max_pages:
+        raise LimitExceededError(name, f"{n_pages:,} pages, over the {limits.max_pages:,}-page limit")
+    pages = _PdfPages()
+    for number in range(1, n_pages + 1):
+        _check_time(name, deadline, limits, number, n_pages)
+        left = limits.max_chars - pages.n_chars if limits.max_chars is not None else None
+        budget = _PageBudget(min(time.monotonic() + PDF_MAX_PAGE_SECONDS, deadline), left)
+        try:
+            pages.add(number, _page_text(reader, number - 1, budget))
+        except _PageStopped as stop:
+            if stop.over_chars:
+                raise LimitExceededError(
+                    name, f"over the {limits.max_chars:,}-character limit at page {number} of {n_pages}"
+                ) from None
+            _check_time(name, deadline, limits, number, n_pages)
+            pages.fail(number, f"page {number} took over {PDF_MAX_PAGE_SECONDS:g} s", slow=True)
+        # pypdf raises many exception types on damaged pages (RecursionError on deep nesting among
+        # them); any of them makes the page unreadable.
+        except Exception as exc:
+            pages.fail(number, _describe(exc))
+    if len(pages.unreadable) == n_pages:
+        raise CorruptDocumentError(name, f"no page could be read ({pages.first_failure})")
+    if len(pages.scanned) + len(pages.unreadable) == n_pages and seen.count:
+        # No text, and pypdf had to repair the file: damage is a likelier cause than scanned pages.
+        raise CorruptDocumentError(
+            name, f"no readable text; the file is damaged (pypdf: {seen.count} problems, first: {seen.first})"
+        )
+    warnings = []
+    if pages.slow:
+        slow, verb = pages.slow, "takes" if len(pages.slow) == 1 else "take"
+        warnings.append(
+            f"{_pages(len(slow))} {verb} over {PDF_MAX_PAGE_SECONDS:g} s to read: {_page_list(slow)}"
+        )
     title = _pdf_title(reader) or stem
-    return build_document(name, title, raw_pages, scanned=scanned, unreadable=unreadable)
+    return build_document(
+        name, title, pages.texts, scanned=pages.scanned, unreadable=pages.unreadable, warnings=warnings
+    )
+
+
+@dataclass
+class _PdfPages:
+    """Page texts as they are read, and which pages had no text layer or failed."""
+
+    texts: list[str] = field(default_factory=list)
+    scanned: list[int] = field(default_factory=list)
+    unreadable: list[int] = field(default_factory=list)
+    slow: list[int] = field(default_factory=list)
+    first_failure: str = ""
+    n_chars: int = 0
+
+    def add(self, number: int, text: str) -> None:
+        if not text.strip():
+            self.scanned.append(number)
+        self.texts.append(text)
+        self.n_chars += len(text)
+
+    def fail(self, number: int, reason: str, slow: bool = False) -> None:
+        self.first_failure = self.first_failure or reason
+        self.unreadable.append(number)
+        if slow:
+            self.slow.append(number)
+        self.texts.append("")
+
+
+def _check_time(name: str, deadline: float, limits: Limits, number: int, n_pages: int) -> None:
+    if time.monotonic() > deadline:
+        raise LimitExceededError(
+            name, f"reading took over {limits.max_seconds:g} s (stopped at page {number} of {n_pages})"
+        )
 
 
 def _open_pdf(data: bytes, name: str, password: str | None) -> tuple[PdfReader, int]:
@@ -270,15 +430,51 @@ def _decrypt(reader: PdfReader, name: str, password: str | None) -> None:
         raise EncryptedDocumentError(name, reason)
 
 
-def _page_text(reader: PdfReader, index: int) -> str:
-    """Plain-mode text of one page, with a blank line wherever the layout leaves a paragraph gap."""
+class _PageStopped(BaseException):
+    """Raised from pypdf's callbacks to stop reading a page. A BaseException, because pypdf catches and
+    logs any Exception raised while it reads a form XObject, and goes on with the next one."""
+
+    def __init__(self, over_chars: bool) -> None:
+        super().__init__("character limit" if over_chars else "time budget")
+        self.over_chars = over_chars
+
+
+@dataclass
+class _PageBudget:
+    """What one page may cost: a deadline (checked before every content-stream operator, forms
+    included) and the characters left under the document's limit."""
+
+    deadline: float
+    chars_left: int | None
+    chars: int = 0
+
+    def check_time(self, *_: object) -> None:
+        if time.monotonic() > self.deadline:
+            raise _PageStopped(over_chars=False)
+
+    def count(self, text: str) -> None:
+        self.chars += len(text)
+        if self.chars_left is not None and self.chars > self.chars_left:
+            raise _PageStopped(over_chars=True)
+
+
+def _page_text(reader: PdfReader, index: int, budget: _PageBudget | None = None) -> str:
+    """Plain-mode text of one page, with a blank line wherever the layout leaves a paragraph gap.
+
+    Raises:
+        _PageStopped: the page went over `budget` (a page that invokes a form XObject thousands of times
+            can otherwise take minutes and produce gigabytes of text from a few kilobytes).
+    """
     pieces: list[tuple[str, float | None]] = []
 
     def visit(text: str, cm: list[float], tm: list[float], font: object, size: float) -> None:
+        if budget is not None:
+            budget.count(text)
         # Text space to page space: the y of (tm @ cm)'s translation row.
         pieces.append((text, tm[4] * cm[1] + tm[5] * cm[3] + cm[5] if text.strip() else None))
 
-    text = reader.pages[index].extract_text(visitor_text=visit)
+    before = budget.check_time if budget is not None else None
+    text = reader.pages[index].extract_text(visitor_text=visit, visitor_operand_before=before)
     if "".join(piece for piece, _ in pieces) != text:
         return text
     return text_with_paragraph_gaps(pieces)
@@ -335,5 +531,5 @@ def _pdf_title(reader: PdfReader) -> str | None:
 
 def _describe(exc: BaseException) -> str:
     """A one-line description of an exception for an error reason."""
-    message = " ".join(str(exc).split())
+    message = " ".join(str(exc).split())[:_MAX_REASON_CHARS]
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
