@@ -122,8 +122,13 @@ class DocQA:
                 self.store.add_owner(doc_id, owner)
                 return self._report(self.store.info(doc_id), time.perf_counter() - start, new=False)
             t = time.perf_counter()
+            limits = self.settings
             parsed = extract(
-                path, password=password, max_pages=self.settings.max_pages, max_chars=self.settings.max_chars
+                path,
+                password=password,
+                max_pages=limits.max_pages,
+                max_chars=limits.max_chars,
+                max_seconds=limits.max_extract_seconds,
             )
             self._check_limits(parsed, path)
             _tick(progress, "extract", parsed.n_pages)

@@ -32,6 +32,7 @@ class Settings:
         max_file_mb: largest accepted upload.  DOCQA_MAX_FILE_MB.
         max_pages: most pages read from one PDF.  DOCQA_MAX_PAGES.
         max_chars: most characters of text in one document.  DOCQA_MAX_CHARS.
+        max_extract_seconds: time budget for reading a PDF's pages.  DOCQA_MAX_EXTRACT_SECONDS.
         read_k: candidates the reader rescores per method and question.  DOCQA_READ_K; default 20 on a
             GPU, 8 on a CPU, where reading 20 passages takes ~1.7 s on 2 cores and 8 take ~0.7 s.
     """
@@ -43,6 +44,7 @@ class Settings:
     max_file_mb: int
     max_pages: int
     max_chars: int
+    max_extract_seconds: int
     read_k: int | None
 
     @classmethod
@@ -56,6 +58,7 @@ class Settings:
             max_file_mb=_int("DOCQA_MAX_FILE_MB", 100),
             max_pages=_int("DOCQA_MAX_PAGES", 5000),
             max_chars=_int("DOCQA_MAX_CHARS", 20_000_000),
+            max_extract_seconds=_int("DOCQA_MAX_EXTRACT_SECONDS", 120),
             read_k=_int("DOCQA_READ_K", 0) or None,
         )
 

@@ -29,7 +29,7 @@ TEST_MAX_PAGES = 1000
 _MIB = 1 << 20
 
 
-def pdf_from_objects(objects: list[bytes], trailer_extra: bytes = b"") -> bytes:
+def pdf_from_objects(objects: list[bytes]) -> bytes:
     """A PDF of the given objects (object i+1 is objects[i]; object 1 must be the catalog), with a
     correct cross-reference table."""
     out = bytearray(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n")
@@ -40,11 +40,7 @@ def pdf_from_objects(objects: list[bytes], trailer_extra: bytes = b"") -> bytes:
     xref = len(out)
     out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
     out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R %s>>\nstartxref\n%d\n%%%%EOF\n" % (
-        len(objects) + 1,
-        trailer_extra,
-        xref,
-    )
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
     return bytes(out)
 
 

@@ -406,3 +406,5 @@ def test_docqa_passes_its_limits_to_extract(qa, stored, files, monkeypatch) -> N
     qa.ingest(files("spy.txt", b"A small text about limits."), owner="robust")
     assert seen.get("max_pages") == qa.settings.max_pages
     assert seen.get("max_chars") == qa.settings.max_chars
+    # The time budget joins once Settings has it (DOCQA_MAX_EXTRACT_SECONDS).
+    assert seen.get("max_seconds") == getattr(qa.settings, "max_extract_seconds", None)
