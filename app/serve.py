@@ -7,6 +7,7 @@ The sample novel is ingested in a background thread at start-up (owner "sample")
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -83,9 +84,12 @@ def create_app(
         sample_path: the document behind the "try the sample" button.
         preingest: start ingesting the sample in the background now.
     """
+    settings = settings or Settings.from_env()
+    # Uploads land in the app data folder, not in the system's /tmp/gradio (an explicit setting wins);
+    # set before gradio is imported, which reads it.
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(settings.home / "uploads"))
     from app.ui import build_ui
 
-    settings = settings or Settings.from_env()
     qa = DocQA(settings=settings)
     sample = SampleBook(qa, Path(sample_path))
     if preingest:

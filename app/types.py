@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
+
+
+def _finite(x: float) -> float | None:
+    """A score for JSON: rounded; None for -inf (a passage with no words), so the output stays valid."""
+    return round(float(x), 4) if math.isfinite(x) else None
 
 
 @dataclass
@@ -38,7 +44,7 @@ class Evidence:
             "page_end": self.page_end,
             "char_start": self.char_start,
             "char_end": self.char_end,
-            "score": round(float(self.score), 4),
+            "score": _finite(self.score),
             "answer_page": self.answer_page,
             "doc_id": self.doc_id,
             "title": self.title,
@@ -74,7 +80,7 @@ class Answer:
         return {
             "method": self.method,
             "answer": self.answer,
-            "score": round(float(self.score), 4),
+            "score": _finite(self.score),
             "abstained": self.abstained,
             "latency_ms": round(self.latency_ms, 1),
             "kind": self.kind,
