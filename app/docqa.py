@@ -119,18 +119,15 @@ class DocQA:
         doc_id = file_id(path)
         with self._doc_lock(doc_id):
             if self.store.has(doc_id):
-                self.store.add_owner(doc_id, owner)
-                return self._report(self.store.info(doc_id), time.perf_counter() - start, new=False)
+                return self._claim(doc_id, owner, start)
             t = time.perf_counter()
-            limits = self.settings
-            parsed = extract(
+            parsed = extract(  # limits are enforced while reading: pages before any page is read
                 path,
                 password=password,
-                max_pages=limits.max_pages,
-                max_chars=limits.max_chars,
-                max_seconds=limits.max_extract_seconds,
+                max_pages=self.settings.max_pages,
+                max_chars=self.settings.max_chars,
+                max_seconds=self.settings.max_extract_seconds,
             )
-            self._check_limits(parsed, path)
             _tick(progress, "extract", parsed.n_pages)
             return self._index_and_store(doc_id, parsed, owner, progress, start, time.perf_counter() - t)
 
@@ -147,8 +144,7 @@ class DocQA:
         doc_id = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
         with self._doc_lock(doc_id):
             if self.store.has(doc_id):
-                self.store.add_owner(doc_id, owner)
-                return self._report(self.store.info(doc_id), time.perf_counter() - start, new=False)
+                return self._claim(doc_id, owner, start)
             parsed = ParsedDocument(path=f"{title}.txt", title=title, text=text, page_starts=[0], n_pages=1)
             return self._index_and_store(doc_id, parsed, owner, progress, start, 0.0)
 
@@ -175,15 +171,10 @@ class DocQA:
         self.store.add(doc_id, parsed, chunks, artifacts, owner, timings)
         return self._report(self.store.info(doc_id), time.perf_counter() - start, new=True)
 
-    def _check_limits(self, parsed, path: Path) -> None:
-        if parsed.n_pages > self.settings.max_pages:
-            raise LimitExceededError(
-                str(path), f"{parsed.n_pages} pages, over the {self.settings.max_pages}-page limit"
-            )
-        if len(parsed.text) > self.settings.max_chars:
-            raise LimitExceededError(
-                str(path), f"{len(parsed.text):,} characters, over the {self.settings.max_chars:,} limit"
-            )
+    def _claim(self, doc_id: str, owner: str, start: float) -> IngestReport:
+        """The document is stored already (same content): add `owner` to it and report it as not new."""
+        self.store.add_owner(doc_id, owner)
+        return self._report(self.store.info(doc_id), time.perf_counter() - start, new=False)
 
     def _build_artifacts(self, chunks: list[Chunk], progress: StageProgress | None, timings: dict) -> dict:
         from app.retrievers import FAISS_FILE
