@@ -34,6 +34,18 @@ READ_K_GPU, READ_K_CPU = 20, 8
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+")
 
 
+def check_file(path: Path, settings: Settings) -> Path:
+    """`path` if it is a file within the size limit; else FileMissingError / LimitExceededError."""
+    if not path.is_file():
+        raise FileMissingError(str(path), "no such file")
+    size_mb = path.stat().st_size / 2**20
+    if size_mb > settings.max_file_mb:
+        raise LimitExceededError(
+            str(path), f"file is {size_mb:.0f} MB, over the {settings.max_file_mb} MB limit"
+        )
+    return path
+
+
 def file_id(path: Path) -> str:
     """Content-hash document id: the same bytes give the same id, whatever the file is called."""
     digest = hashlib.sha256()
@@ -107,14 +119,7 @@ class DocQA:
         """
         from ingest.extract import extract
 
-        path = Path(path)
-        if not path.is_file():
-            raise FileMissingError(str(path), "no such file")
-        size_mb = path.stat().st_size / 2**20
-        if size_mb > self.settings.max_file_mb:
-            raise LimitExceededError(
-                str(path), f"file is {size_mb:.0f} MB, over the {self.settings.max_file_mb} MB limit"
-            )
+        path = check_file(Path(path), self.settings)
         start = time.perf_counter()
         doc_id = file_id(path)
         with self._doc_lock(doc_id):
@@ -167,6 +172,21 @@ class DocQA:
             raise EmptyDocumentError(parsed.path, "no readable words to index")
         timings["chunk"] = time.perf_counter() - t
         _tick(progress, "chunk", len(chunks))
+        return self._store_chunked(doc_id, parsed, chunks, timings, owner, progress, start)
+
+    def add_chunked(
+        self, doc_id: str, parsed, chunks: list[Chunk], timings: dict[str, float], owner: str = "local"
+    ) -> IngestReport:
+        """The model stages (FAISS embedding, BSBR pass) and the store write of a document whose CPU
+        stages (extract, chunk, with their `timings`) ran elsewhere, e.g. in `ingest-many`'s workers.
+        A document stored meanwhile (the same bytes) is only claimed for `owner`."""
+        start = time.perf_counter() - sum(timings.values())
+        with self._doc_lock(doc_id):
+            if self.store.has(doc_id):
+                return self._claim(doc_id, owner, time.perf_counter())
+            return self._store_chunked(doc_id, parsed, chunks, dict(timings), owner, None, start)
+
+    def _store_chunked(self, doc_id, parsed, chunks, timings, owner, progress, start) -> IngestReport:
         artifacts = self._build_artifacts(chunks, progress, timings)
         self.store.add(doc_id, parsed, chunks, artifacts, owner, timings)
         return self._report(self.store.info(doc_id), time.perf_counter() - start, new=True)

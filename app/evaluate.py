@@ -5,6 +5,9 @@ is asked of its own document with each method. Gold passages are the chunks that
 span (SQuAD) or the answer text (free-form JSONL). Reported per method: recall@1/5/20 of the final
 evidence ranking, retrieval_recall@1/5/20/50 of the retrieval stage alone, EM, F1, answer-in-evidence
 (a reference answer appears in the top-5 evidence), abstention rate, p50/p95 latency.
+
+The pseudo-method `reader` measures the trained span reader alone on gold passages: it reads only the
+chunk(s) holding the answer (no retrieval, no document cache, never abstains) and reports EM/F1.
 """
 
 from __future__ import annotations
@@ -217,6 +220,7 @@ def evaluate(
         for m in methods:
             ingest_seconds[m] += report.timings.get("chunk", 0.0) + report.timings.get(_STAGE[m], 0.0)
         stored.append(report.doc_id)
+    asked_methods = [m for m in methods if m != READER]
     jobs = [(d, q) for d in range(len(docs)) for q in docs[d].questions]
     rng = random.Random(seed)
     rng.shuffle(jobs)
@@ -224,7 +228,7 @@ def evaluate(
     deadline = time.monotonic() + max_minutes * 60 if max_minutes else math.inf
     for d, q in probes:  # first, so that a time limit never leaves them out
         other = stored[(d + 1) % len(stored)]
-        for a in qa.ask(q.question, docs=[other], methods=methods, top_k=5, owner="eval"):
+        for a in qa.ask(q.question, docs=[other], methods=asked_methods, top_k=5, owner="eval"):
             rows[a.method].setdefault("abstain_rate_unanswerable", []).append(float(a.abstained))
     asked = 0
     for d, q in tqdm(jobs, desc="questions", file=sys.stderr, disable=not progress):
@@ -232,10 +236,12 @@ def evaluate(
             break
         chunks = qa.store.chunks(stored[d])
         gold = gold_chunks(q, chunks)
+        if READER in methods:
+            _record_reader(rows[READER], qa, q, chunks, gold)
         answers = qa.ask(
             q.question,
             docs=[stored[d]],
-            methods=methods,
+            methods=asked_methods,
             top_k=max(FINAL_KS),
             owner="eval",
             retrieve_k=max(RETRIEVAL_KS),
@@ -253,7 +259,22 @@ def evaluate(
     }
 
 
-_STAGE = {"faiss": "embed", "bsbr": "bsbr", "bm25": "bm25"}
+_STAGE = {"faiss": "embed", "bsbr": "bsbr", "bm25": "bm25", "reader": "reader"}
+READER = "reader"
+
+
+def _record_reader(row: dict[str, list[float]], qa, q: EvalQuestion, chunks, gold: set[int]) -> None:
+    """The reader alone on the gold chunk(s): its best span over them, never abstaining."""
+    if not gold:
+        return
+    start = time.perf_counter()
+    passages = [chunks[i].text for i in sorted(gold)]
+    readings = qa.engine.read(q.question, passages, None)
+    i = max(range(len(passages)), key=lambda j: readings[j].score)
+    prediction = passages[i][readings[i].char_start : readings[i].char_end]
+    row.setdefault("latency", []).append((time.perf_counter() - start) * 1000)
+    row.setdefault("em", []).append(metrics.exact_match(prediction, q.answers))
+    row.setdefault("f1", []).append(metrics.f1_score(prediction, q.answers))
 
 
 def _record(row: dict[str, list[float]], answer, q: EvalQuestion, gold: set[int]) -> None:
@@ -307,7 +328,8 @@ def format_table(result: dict) -> str:
         lines.append(
             f"| {m} | "
             + " | ".join(
-                f"{vals.get(c, 0):.3f}" if "latency" not in c else f"{vals.get(c, 0):.1f}" for c in cols
+                "-" if c not in vals else f"{vals[c]:.1f}" if "latency" in c else f"{vals[c]:.3f}"
+                for c in cols
             )
             + " |"
         )
@@ -321,10 +343,20 @@ def run_eval(args: argparse.Namespace) -> int:
     path = Path(args.data)
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
-    docs = load_squad(path, args.group) if args.format == "squad" else load_jsonl(path)
+    try:
+        docs = load_squad(path, args.group) if args.format == "squad" else load_jsonl(path)
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, OSError) as err:
+        raise ValueError(f"{path}: not a {args.format} file ({type(err).__name__}: {err})") from err
     docs = _limit(docs, args.limit)
     qa = DocQA()
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(qa.methods)
+    unknown = [m for m in methods if m not in (*qa.methods, READER)]
+    if unknown:
+        raise ValueError(
+            f"unknown method(s) {', '.join(unknown)}: choose from {', '.join((*qa.methods, READER))}"
+        )
+    if READER in methods and qa.engine is None:
+        raise ValueError("--methods reader needs the trained QA model (assets/qa_model or DOCQA_MODEL_DIR)")
     result = evaluate(
         qa, docs, methods, unanswerable=args.unanswerable, max_minutes=args.max_minutes, seed=args.seed
     )

@@ -6,6 +6,7 @@ BSBR's block retrieval lives with the QA model (app/bsbr_method.py); FAISS and B
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 from collections.abc import Callable
 
@@ -18,9 +19,15 @@ from ingest.types import Chunk
 FAISS_FILE = "faiss.index"
 ProgressFn = Callable[[int, int], None]
 
+log = logging.getLogger(__name__)
+
 
 class FaissRetriever:
-    """all-MiniLM-L6-v2 mean-pooled embeddings in a FAISS inner-product index, one index per document."""
+    """all-MiniLM-L6-v2 mean-pooled embeddings in a FAISS inner-product index, one index per document.
+
+    Each chunk is embedded as several overlapping windows of up to 64 tokens (model.embed.WINDOW_TOKENS)
+    and scores as its best window, so a short fact inside a long chunk can still be found.
+    """
 
     name = "faiss"
 
@@ -42,20 +49,40 @@ class FaissRetriever:
 
     def build(self, chunks: list[Chunk], progress: ProgressFn | None = None):
         """Embed the chunks and return a writer that saves their index (called at ingest)."""
-        vectors = self.embedder.encode([c.text for c in chunks], progress=progress)
-        index = faiss_index.build_index(vectors)
+        index = self._build_index(chunks, progress)
         return lambda path: faiss_index.save_index(index, path)
+
+    def _build_index(self, chunks: list[Chunk], progress: ProgressFn | None = None):
+        vectors, owners = self.embedder.encode_windows([c.text for c in chunks], progress=progress)
+        return faiss_index.build_index(vectors, np.array([c.index for c in chunks], np.int64)[owners])
 
     def _index(self, doc_id: str):
         if doc_id not in self._indexes:
-            self._indexes[doc_id] = faiss_index.load_index(self.store.artifact_path(doc_id, FAISS_FILE))
+            index = faiss_index.load_index(self.store.artifact_path(doc_id, FAISS_FILE))
+            if faiss_index.index_format(index) == 1:
+                index = self._upgrade(doc_id)
+            self._indexes[doc_id] = index
         return self._indexes[doc_id]
+
+    def _upgrade(self, doc_id: str):
+        """Re-embed a document stored with one vector per chunk (format 1) as windows, and store it."""
+        chunks = self.store.chunks(doc_id)
+        log.warning(
+            "document %s was stored with the older one-vector-per-chunk FAISS index: "
+            "re-embedding its %d chunks as windows (once)",
+            doc_id,
+            len(chunks),
+        )
+        index = self._build_index(chunks)
+        self.store.put_artifact(doc_id, FAISS_FILE, lambda path: faiss_index.save_index(index, path))
+        return index
 
     def embed_query(self, question: str) -> np.ndarray:
         return self.embedder.encode([question])[0]
 
     def top(self, question: str, doc_id: str, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Returns (chunk ids [k], their scores [k], scores of every chunk [n])."""
+        """Returns (chunk ids [k], their scores [k], scores of every chunk [n]): distinct chunks, best
+        first, each scored by its best window."""
         query = self.embed_query(question)
         index = self._index(doc_id)
         scores, ids = faiss_index.search(index, query, k)

@@ -255,11 +255,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--lora-rank", type=int, default=16)
+    p.add_argument("--lora-alpha", type=float, default=None, help="LoRA scale numerator (default 2 x rank)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=500)
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--val-questions", type=int, default=2000)
     p.add_argument("--max-minutes", type=float, default=None, help="stop early (then validate and save)")
+    p.add_argument(
+        "--fit-minutes",
+        type=float,
+        default=None,
+        help="set --steps from the speed of steps 10-30 so that training ends after about this long "
+        "(the learning-rate schedule then decays to zero on time); never more than --steps",
+    )
     p.add_argument("--docs-per-step", type=int, default=1, help="documents per step, over all ranks")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return p.parse_args(argv)
@@ -344,7 +352,8 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
     docs = Documents(load_data(args.data))
-    model = DocQAModel.from_minilm(QAConfig(lora_rank=args.lora_rank))
+    alpha = args.lora_alpha if args.lora_alpha is not None else 2.0 * args.lora_rank
+    model = DocQAModel.from_minilm(QAConfig(lora_rank=args.lora_rank, lora_alpha=alpha))
     return train(model, docs, args)
 
 
@@ -371,6 +380,8 @@ def train(model: DocQAModel, docs: Documents, args: argparse.Namespace) -> dict:
     start_time = time.time()
     log = (out / "log.jsonl").open("a") if rank == 0 else None
     model.train()
+    fit_start, first_step = 0.0, step
+    args.cap_steps = getattr(args, "cap_steps", args.steps)  # --steps: what --fit-minutes never exceeds
     while step < args.steps:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
@@ -390,6 +401,14 @@ def train(model: DocQAModel, docs: Documents, args: argparse.Namespace) -> dict:
                 log.write(json.dumps(row) + "\n")
         if step % args.save_every == 0 and rank == 0:
             save_checkpoint(model, opt, step, out)
+        done = step - first_step
+        if done == FIT_FIRST:
+            fit_start = time.time() - start_time
+        if args.fit_minutes and (done == FIT_LAST or (done > FIT_LAST and done % FIT_EVERY == 0)):
+            fitted = _fit_steps(args, step, done, time.time() - start_time, fit_start, world, device)
+            if rank == 0 and fitted != args.steps:
+                print(f"--fit-minutes {args.fit_minutes}: training for {fitted} steps", flush=True)
+            args.steps = fitted
         if _out_of_time(args, start_time, world, device):
             if rank == 0:
                 print(f"stopping at step {step}: --max-minutes reached", flush=True)
@@ -416,6 +435,21 @@ def _accumulate(step_fn, plan, docs: Documents, autocast, device, docs_per_step:
             (loss / len(plan)).backward()
         totals += torch.tensor([loss.item(), parts["span"], parts["retrieval"]], device=device)
     return totals / docs_per_step
+
+
+# --fit-minutes: speed measured from step FIT_FIRST on (earlier steps pay warm-up costs), first used at
+# FIT_LAST and re-measured every FIT_EVERY steps (the first steps of a run are slower than the rest).
+FIT_FIRST, FIT_LAST, FIT_EVERY = 10, 30, 50
+
+
+def _fit_steps(args, step: int, done: int, elapsed: float, fit_start: float, world: int, device) -> int:
+    """Rank 0's estimate of how many steps fit in --fit-minutes (this run's), the same on every rank."""
+    per_step = (elapsed - fit_start) / (done - FIT_FIRST)
+    steps = step + int((args.fit_minutes * 60 - elapsed) / per_step)
+    fitted = torch.tensor([min(args.cap_steps, max(step, steps))], device=device)
+    if world > 1:
+        dist.broadcast(fitted, 0)
+    return int(fitted.item())
 
 
 def _out_of_time(args: argparse.Namespace, start_time: float, world: int, device) -> bool:

@@ -4,11 +4,19 @@
 # Each step logs to $OUT. The machine has no package index: wheels in .whl/ are installed to /tmp/site,
 # the base MiniLM is unpacked from .carry/minilm (see scripts/gpu_carry.py).
 set -uo pipefail
-export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 DOCQA_MINILM_DIR=/tmp/minilm NCCL_NVLS_ENABLE=0
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 DOCQA_MINILM_DIR=/tmp/minilm
+# NVLink multicast off: it can take a shared host's GPUs out of service (device README)
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+GPUS=${GPUS:-$(nvidia-smi -L | wc -l)}
 OUT=${OUT:-/tmp/out}
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site
+fi
+# faiss-cpu's wheel (18.8 MB) unzipped and re-packed with xz (9.4 MB), to fit the 64 MiB a call carries:
+#   unzip -q faiss_cpu-*.whl -d site && tar cf - -C site . | xz -9e > .carry/faiss_site.tar.xz
+if [ -f .carry/faiss_site.tar.xz ]; then
+  mkdir -p /tmp/site && tar xJf .carry/faiss_site.tar.xz -C /tmp/site && export PYTHONPATH=/tmp/site
 fi
 [ -d /tmp/minilm ] || python3 scripts/gpu_carry.py unpack .carry/minilm /tmp/minilm
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$OUT/gpu.txt"
@@ -24,13 +32,46 @@ for step in "$@"; do
     train) timeout 560 python3 -m model.train --data .carry/train.safetensors.xz --out /tmp/qa \
              --steps "$STEPS" --max-minutes "${TRAIN_MINUTES:-7}" 2>&1 | tee "$OUT/train.log"
            mkdir -p "$OUT/qa" && cp -r /tmp/qa/model /tmp/qa/metrics.json /tmp/qa/log.jsonl "$OUT/qa/" ;;
+    train-ddp) timeout 590 python3 -m torch.distributed.run --standalone --nproc_per_node="$GPUS" -m model.train \
+             --data .carry/train.safetensors.xz --out /tmp/qa --steps 100000 --docs-per-step "$GPUS" \
+             --fit-minutes "${TRAIN_MINUTES:-7.5}" --max-minutes "$(python3 -c "print(${TRAIN_MINUTES:-7.5}+0.4)")" \
+             --lora-rank "${LORA_RANK:-16}" --save-every 200 2>&1 | tee "$OUT/train.log"
+           mkdir -p "$OUT/qa" && cp -r /tmp/qa/model /tmp/qa/metrics.json /tmp/qa/log.jsonl "$OUT/qa/" ;;
+    eval-par) # evals at once, one GPU each, time-boxed to EVAL_MINUTES (4 GPUs: four jobs; 2 GPUs: two)
+           par() { local gpu=$1 name=$2; shift 2
+             CUDA_VISIBLE_DEVICES=$gpu DOCQA_HOME=/tmp/home_$name DOCQA_MODEL_DIR=${MODEL_DIR:-assets/qa_model} \
+               timeout 560 python3 -m app eval --data .carry/dev-v1.1.json.gz --json "$OUT/eval_$name.json" \
+               --max-minutes "${EVAL_MINUTES:-6.5}" "$@" > "$OUT/eval_$name.log" 2>&1; }
+           book() { CUDA_VISIBLE_DEVICES=$1 DOCQA_HOME=/tmp/home_book DOCQA_MODEL_DIR=${MODEL_DIR:-assets/qa_model} \
+               timeout 200 python3 scripts/book_latency.py --json "$OUT/book.json" > "$OUT/book.log" 2>&1; }
+           if [ "$GPUS" -ge 4 ]; then
+             par 0 all_bsbr --group all --methods bsbr &
+             par 1 all_faiss --group all --methods faiss &
+             par 2 all_bm25 --group all --methods bm25,reader &
+             (par 3 article --group article --methods bsbr,faiss,bm25 --unanswerable 300 \
+                --max-minutes "${ARTICLE_MINUTES:-5}"; book 3) &
+           else
+             (par 0 all_bsbr --group all --methods bsbr; book 0) &
+             par 1 all_rest --group all --methods faiss,bm25,reader &
+           fi
+           wait; tail -n 8 "$OUT"/eval_*.log "$OUT/book.log" ;;
+    eval-article) DOCQA_HOME=/tmp/home DOCQA_MODEL_DIR=${MODEL_DIR:-assets/qa_model} timeout 560 python3 -m app eval \
+             --data .carry/dev-v1.1.json.gz --group article --methods bsbr,faiss,bm25 \
+             --json "$OUT/eval_article.json" --unanswerable 300 --max-minutes "${EVAL_MINUTES:-8}" 2>&1 | tee "$OUT/eval_article.log" ;;
+    train-scale) # training step time on 1, 2, ... GPUs: one document per GPU per step, 60 steps each
+           for n in ${SCALE_GPUS:-1 2 4}; do [ "$n" -le "$GPUS" ] || continue
+             timeout 150 python3 -m torch.distributed.run --standalone --nproc_per_node="$n" -m model.train \
+               --data .carry/train.safetensors.xz --out "/tmp/scale_$n" --steps 60 --docs-per-step "$n" \
+               --val-questions 0 --log-every 10 --save-every 100000 --lora-rank "${LORA_RANK:-16}" \
+               > "$OUT/train_scale_$n.log" 2>&1; grep '"step": 60' "$OUT/train_scale_$n.log"; done ;;
+    library) timeout 200 python3 scripts/make_library.py --out /tmp/library --books "${BOOKS:-200}" \
+               --novel .carry/pride_and_prejudice.txt --squad .carry/dev-v1.1.json.gz 2>&1 | tee "$OUT/library.log" ;;
+    ingest-scale) TIMEOUT=${INGEST_TIMEOUT:-240} bash scripts/scale_ingest.sh /tmp/library "${SCALE_GPUS:-1 2 4}" \
+               2>&1 | tee "$OUT/ingest_scale.txt" ;;
     eval-all) DOCQA_HOME=/tmp/home DOCQA_MODEL_DIR=${MODEL_DIR:-assets/qa_model} timeout 560 python3 -m app eval \
              --data .carry/dev-v1.1.json.gz --group all --methods bsbr,faiss,bm25 --json "$OUT/eval_all.json" \
              --max-minutes "${EVAL_MINUTES:-8}" \
              2>&1 | tee "$OUT/eval_all.log" ;;
-    eval-article) DOCQA_HOME=/tmp/home DOCQA_MODEL_DIR=${MODEL_DIR:-assets/qa_model} timeout 560 python3 -m app eval \
-             --data .carry/dev-v1.1.json.gz --group article --methods bsbr,faiss,bm25 \
-             --json "$OUT/eval_article.json" --unanswerable 300 --max-minutes "${EVAL_MINUTES:-8}" 2>&1 | tee "$OUT/eval_article.log" ;;
     book) DOCQA_HOME=/tmp/home DOCQA_MODEL_DIR=${MODEL_DIR:-assets/qa_model} timeout 300 python3 \
              scripts/book_latency.py --json "$OUT/book.json" 2>&1 | tee "$OUT/book.log" ;;
     *) echo "unknown step $step" ;;

@@ -128,3 +128,26 @@ def test_evaluate_end_to_end_with_known_answers(squad_file, tmp_path):
         assert row["answer_in_evidence"] == 1.0
         assert row["latency_ms_p95"] >= row["latency_ms_p50"] > 0
     assert "| bm25 |" in format_table(result)
+
+
+def test_reader_alone_reads_the_gold_passage_with_the_shipped_weights(squad_file, tmp_path):
+    qa = DocQA(home=tmp_path / "home", device="cpu")
+    assert qa.engine is not None  # assets/qa_model ships with the repo
+    result = evaluate(qa, load_squad(squad_file, "all"), ["reader", "bm25"], progress=False)
+    reader = result["methods"]["reader"]
+    assert set(reader) == {"em", "f1", "latency_ms_p50", "latency_ms_p95"}  # no retrieval, no abstention
+    assert reader["f1"] >= 2 / 3  # three one-fact questions on their own paragraphs
+    table = format_table(result)
+    assert "| reader | - | - |" in table and "| bm25 | 1.000 |" in table
+
+
+def test_eval_cli_names_bad_data_and_unknown_methods(squad_file, tmp_path, monkeypatch, capsys):
+    from app.cli import main
+
+    monkeypatch.setenv("DOCQA_HOME", str(tmp_path / "home"))
+    not_json = tmp_path / "notes.json"
+    not_json.write_text("these are notes")
+    assert main(["eval", "--data", str(not_json)]) == 1
+    assert f"{not_json}: not a squad file" in capsys.readouterr().err
+    assert main(["eval", "--data", str(squad_file), "--methods", "bsbr,nope"]) == 1
+    assert "unknown method(s) nope" in capsys.readouterr().err

@@ -87,3 +87,21 @@ def test_two_gloo_ranks_train_the_same_weights_as_one_process(tmp_path, monkeypa
     assert [r["step"] for r in logs[1]] == [1, 2, 3]  # only rank 0 logs
     for a, b in zip(*logs, strict=True):
         assert abs(a["loss"] - b["loss"]) < 1e-3
+
+
+def test_fit_minutes_sets_the_step_count_from_measured_speed(tmp_path, monkeypatch):
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    args = parse_args(
+        ["--out", str(tmp_path), "--steps", "100000", "--questions-per-step", "4", "--warmup", "1"]
+        + ["--val-questions", "0", "--log-every", "1000", "--save-every", "100000", "--device", "cpu"]
+        + ["--fit-minutes", "0.001"]  # 60 ms: already spent by step 30, so training stops right there
+    )
+    metrics = train(tiny_model(rank=4), Documents(synthetic_documents(n_docs=2)), args)
+    assert metrics["steps"] == 30 and args.steps == 30
+    args = parse_args(
+        ["--out", str(tmp_path / "long"), "--steps", "45", "--questions-per-step", "4", "--warmup", "1"]
+        + ["--val-questions", "0", "--log-every", "1000", "--save-every", "100000", "--device", "cpu"]
+        + ["--fit-minutes", "60"]  # an hour fits more than --steps: --steps stays the cap
+    )
+    assert train(tiny_model(rank=4), Documents(synthetic_documents(n_docs=2)), args)["steps"] == 45
