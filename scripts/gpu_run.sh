@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine (the `device` tool), from the repo root, with .carry (and .whl) carried:
-#   bash scripts/gpu_run.sh tests bench smoke train eval-all eval-article book
+#   bash scripts/gpu_run.sh tests bench smoke train eval-all eval-article book      # one GPU
+#   bash scripts/gpu_run.sh train-ddp | eval-par | train-scale | library ingest-scale  # all its GPUs
+# Carry what the steps read: .carry/minilm always; .carry/train.safetensors.xz (training);
+# .carry/dev-v1.1.json.gz (evals, library); .carry/faiss_site.tar.xz and .whl (anything using app/);
+# .carry/pride_and_prejudice.txt (library).
 # Each step logs to $OUT. The machine has no package index: wheels in .whl/ are installed to /tmp/site,
 # the base MiniLM is unpacked from .carry/minilm (see scripts/gpu_carry.py).
 set -uo pipefail
