@@ -326,8 +326,8 @@ class DocQA:
 
     def _retrieve(self, method: str, question: str, doc_id: str, depth: int):
         """(chunk ids [k], scores [k], scores of every chunk [n]) of one retrieval stage."""
-        if method == "bsbr":
-            every = self.engine.retrieval_scores(question, self._bsbr_cache(doc_id)).numpy()
+        if method == "bsbr":  # log-probabilities of the block-retrieval distribution over the chunks
+            every = self.engine.retrieval_scores(question, self._bsbr_cache(doc_id)).log_softmax(0).numpy()
             ids = np.argsort(-every, kind="stable")[:depth]
             return ids, every[ids], every
         return (self.faiss if method == "faiss" else self.bm25).top(question, doc_id, depth)
@@ -335,8 +335,13 @@ class DocQA:
     def _read(
         self, method: str, question: str, candidates: list[tuple[float, str, int]], top_k: int
     ) -> Answer:
-        """Read the top read_k candidates, rerank them by has-answer score, answer or abstain."""
+        """Read the top read_k candidates, rerank them, answer or abstain.
+
+        The rank is the reader's has-answer score; for BSBR plus rerank_retrieval_weight x the
+        candidate's block-retrieval log-probability. The best candidate's has-answer score alone decides
+        whether to abstain (the threshold was calibrated on it)."""
         read = candidates[: self.read_k]
+        weight = self.engine.rerank_retrieval_weight if method == "bsbr" else 0.0
         readings: list[tuple[float, Evidence]] = []
         for doc_id in dict.fromkeys(d for _, d, _ in read):
             mine = [(s, i) for s, d, i in read if d == doc_id]
@@ -345,16 +350,18 @@ class DocQA:
             for ev, r in zip(
                 evidence, self.engine.read(question, [e.text for e in evidence], cache), strict=True
             ):
+                rank = r.score + weight * ev.score if weight else r.score  # ev.score: retrieval's
                 ev.answer_start, ev.answer_end, ev.score = r.char_start, r.char_end, r.score
                 ev.answer_page = self._page_of(doc_id, ev.char_start + r.char_start)
-                readings.append((r.score, ev))
+                readings.append((rank, ev))
         readings.sort(key=lambda x: -x[0])
         evidence = [ev for _, ev in readings]
         evidence += [self._evidence(d, i, s) for s, d, i in candidates[self.read_k :]]
         evidence = evidence[:top_k]
         if not readings:
             return Answer(method, "", 0.0, True, 0.0, [], message="no passage matched the question")
-        best_score, best = readings[0]
+        best = readings[0][1]
+        best_score = best.score  # the reader's has-answer score
         text = best.text[best.answer_start : best.answer_end]
         if best_score < self.engine.abstain_threshold:
             return Answer(

@@ -65,6 +65,10 @@ class QAEngine:
     def abstain_threshold(self) -> float:
         return self.config.abstain_threshold
 
+    @property
+    def rerank_retrieval_weight(self) -> float:
+        return self.config.rerank_retrieval_weight
+
     @torch.inference_mode()
     def build_cache(
         self, chunks: list[Chunk], progress: Callable[[int, int], None] | None = None

@@ -58,6 +58,9 @@ class QAConfig:
     passage_tokens: int = 254  # chunk word-pieces (the chunker's 256-token window minus specials)
     max_answer_tokens: int = 30
     abstain_threshold: float = -math.inf  # calibrated after training; -inf = never abstain
+    # BSBR reranking: reader has-answer score + this x the candidate's block-retrieval log-probability
+    # (chosen on the held-out slice after training; 0 = the reader's score alone)
+    rerank_retrieval_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.lora_rank < 0:

@@ -130,19 +130,24 @@ def rank_and_read(
     read_k: int = 20,
     batch: int = 64,
 ) -> dict[str, torch.Tensor]:
-    """Block retrieval + reader over the top `read_k` chunks of document g, for each question."""
+    """Block retrieval + reader over the top `read_k` chunks of document g, for each question.
+
+    Returns per question "ranking" (its top 50 chunks by block retrieval) and per candidate [q, read_k]
+    "chunk", "retrieval" (block-retrieval log-probability), "reader" (has-answer score), "start", "end".
+    """
     ids, mask = docs.chunks(g, device)
     first = docs.ranges[g][0]
     cache = model.document_cache(ids, mask)
-    ranks, best, best_start, best_end, best_chunk = [], [], [], [], []
+    keys = ("ranking", "chunk", "retrieval", "reader", "start", "end")
+    out: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
     for i in range(0, len(questions), batch):
         qs = questions[i : i + batch]
         q_tokens = [docs.question_tokens(q) for q in qs]
         q_ids, q_mask = question_rows(q_tokens, CLS_ID, SEP_ID, device)
-        scores = model.retrieval_scores(q_ids, q_mask, cache).float()
-        top = scores.topk(min(read_k, scores.shape[1]), dim=1).indices  # (b, k)
-        ranks.append(scores.argsort(1, descending=True)[:, :50].cpu())
-        pairs = [(j, c) for j in range(len(qs)) for c in top[j].tolist()]
+        scores = model.retrieval_scores(q_ids, q_mask, cache).float().log_softmax(1)
+        top = scores.topk(min(read_k, scores.shape[1]), dim=1)  # (b, k)
+        out["ranking"].append(scores.argsort(1, descending=True)[:, :50].cpu() + first)
+        pairs = [(j, c) for j in range(len(qs)) for c in top.indices[j].tolist()]
         passages = [docs.passage_tokens(first + c) for _, c in pairs]
         r_ids, r_mask, r_types, offsets = reader_rows(
             [q_tokens[j] for j, _ in pairs], passages, CLS_ID, SEP_ID, device
@@ -151,48 +156,68 @@ def rank_and_read(
         score, s, e = best_spans(
             start, end, offsets, [len(p) for p in passages], model.config.max_answer_tokens
         )
-        score = score.view(len(qs), -1)
-        pick = score.argmax(1)
-        rows = torch.arange(len(qs), device=device)
-        best.append(score[rows, pick].cpu())
-        best_start.append(s.view(len(qs), -1)[rows, pick].cpu())
-        best_end.append(e.view(len(qs), -1)[rows, pick].cpu())
-        best_chunk.append(top[rows, pick].cpu() + first)
-    return {
-        "ranking": torch.cat(ranks) + first,
-        "score": torch.cat(best),
-        "start": torch.cat(best_start),
-        "end": torch.cat(best_end),
-        "chunk": torch.cat(best_chunk),
-    }
+        shape = (len(qs), -1)
+        out["chunk"].append(top.indices.cpu() + first)
+        out["retrieval"].append(top.values.cpu())
+        out["reader"].append(score.view(shape).float().cpu())
+        out["start"].append(s.view(shape).cpu())
+        out["end"].append(e.view(shape).cpu())
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+RERANK_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0)  # of the retrieval log-probability, tried by validate()
+
+
+def pick(read: dict[str, torch.Tensor], weight: float) -> dict[str, torch.Tensor]:
+    """Each question's answer: the candidate of best reader score + weight x retrieval log-probability."""
+    best = (read["reader"] + weight * read["retrieval"]).argmax(1)
+    rows = torch.arange(len(best))
+    return {k: read[k][rows, best] for k in ("chunk", "reader", "start", "end")}
 
 
 def validate(model: DocQAModel, docs: Documents, device, limit: int = 2000, seed: int = 0) -> dict:
-    """Retrieval recall, reranked recall@1, span exact match and abstention threshold on held-out docs."""
+    """On held-out docs: retrieval recall; the rerank weight (of RERANK_WEIGHTS) of best reranked
+    recall@1; with it, span exact match, the abstention threshold (2nd percentile of the has-answer
+    scores of exactly right answers) and the abstention rates that threshold gives."""
     model.eval()
     rng = random.Random(seed)
     val_docs = [g for g, v in enumerate(docs.is_val) if v]
     questions = {g: docs.questions_of[g] for g in val_docs}
     total = sum(len(q) for q in questions.values())
     stats: dict[str, list[float]] = {}
-    answerable, unanswerable, correct_scores = [], [], []
+    reads, unanswerable_reads, golds = [], [], []
     for g in val_docs:
         qs = questions[g]
         qs = rng.sample(qs, min(len(qs), max(1, limit * len(qs) // total)))
-        out = rank_and_read(model, docs, g, qs, device)
+        read = rank_and_read(model, docs, g, qs, device)
         gold = docs.q_chunk[qs]
         for k in (1, 5, 20, 50):
-            hit = (out["ranking"][:, :k] == gold[:, None]).any(1).float()
+            hit = (read["ranking"][:, :k] == gold[:, None]).any(1).float()
             stats.setdefault(f"retrieval_recall@{k}", []).extend(hit.tolist())
-        top1 = (out["chunk"] == gold).float()
-        exact = top1 * (out["start"] == docs.q_start[qs]).float() * (out["end"] == docs.q_end[qs]).float()
-        stats.setdefault("reranked_recall@1", []).extend(top1.tolist())
-        stats.setdefault("span_exact", []).extend(exact.tolist())
-        answerable += out["score"].tolist()
-        correct_scores += out["score"][exact.bool()].tolist()
+        reads.append(read)
+        golds.append((gold, docs.q_start[qs], docs.q_end[qs]))
         other = next(h for h in range(len(docs.ranges)) if not docs.is_val[h])  # unrelated articles
-        unanswerable += rank_and_read(model, docs, other, qs, device)["score"].tolist()
+        unanswerable_reads.append(rank_and_read(model, docs, other, qs, device))
     result = {k: round(sum(v) / len(v), 4) for k, v in stats.items()}
+
+    def reranked(weight: float) -> float:
+        hits = [pick(r, weight)["chunk"] == gold for r, (gold, _, _) in zip(reads, golds, strict=True)]
+        return torch.cat(hits).float().mean().item()
+
+    by_weight = {w: reranked(w) for w in RERANK_WEIGHTS}
+    weight = max(RERANK_WEIGHTS, key=lambda w: (by_weight[w], -w))  # ties: the smaller weight
+    result["reranked_recall@1_by_weight"] = {str(w): round(r, 4) for w, r in by_weight.items()}
+    result["rerank_retrieval_weight"] = weight
+    result["reranked_recall@1"] = round(by_weight[weight], 4)
+    answerable, correct_scores, exact_all = [], [], []
+    for read, (gold, q_start, q_end) in zip(reads, golds, strict=True):
+        best = pick(read, weight)
+        exact = (best["chunk"] == gold) & (best["start"] == q_start) & (best["end"] == q_end)
+        exact_all += exact.float().tolist()
+        answerable += best["reader"].tolist()
+        correct_scores += best["reader"][exact].tolist()
+    unanswerable = [s for r in unanswerable_reads for s in pick(r, weight)["reader"].tolist()]
+    result["span_exact"] = round(sum(exact_all) / len(exact_all), 4)
     threshold = float(torch.tensor(correct_scores).quantile(0.02)) if correct_scores else -math.inf
     result["abstain_threshold"] = round(threshold, 4) if math.isfinite(threshold) else None
     result["abstain_answerable"] = round(sum(s < threshold for s in answerable) / len(answerable), 4)
@@ -472,6 +497,7 @@ def _finish(model, opt, docs, args, step: int, start_time: float, autocast, devi
             metrics = validate(model, docs, device, args.val_questions, args.seed)
         if metrics["abstain_threshold"] is not None:
             model.config.abstain_threshold = metrics["abstain_threshold"]
+        model.config.rerank_retrieval_weight = metrics["rerank_retrieval_weight"]
     metrics |= {"steps": step, "train_seconds": round(time.time() - start_time, 1)}
     model.save_delta(out / "model", metadata={"steps": step, "seed": args.seed})
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -144,3 +144,29 @@ def test_read_k_defaults_by_device_and_env(monkeypatch, qa):
     monkeypatch.setenv("DOCQA_READ_K", "many")
     with pytest.raises(ValueError, match="DOCQA_READ_K"):
         Settings.from_env()
+
+
+def test_bsbr_rerank_weight_blends_retrieval_into_the_evidence_order(tmp_path):
+    qa = DocQA(home=tmp_path / "home", device="cpu")
+    assert qa.engine is not None
+    text = "\n\n".join(
+        f"Section {i}. The harbour office of town {i} opens at {i + 6} in the morning and sells maps. " * 6
+        for i in range(12)
+    )
+    doc = qa.add_text(text, title="towns").doc_id
+    question = "When does the harbour office of town 7 open?"
+
+    def order(weight: float) -> tuple[list[int], list[int]]:
+        qa.engine.config.rerank_retrieval_weight = weight
+        [answer] = qa.ask(question, docs=[doc], methods=("bsbr",), top_k=qa.read_k)
+        return [e.chunk_index for e in answer.evidence], answer.retrieved[: qa.read_k]
+
+    reader_order, _ = order(0.0)
+    blended, retrieved = order(1e6)  # retrieval dominates: the evidence keeps the retrieval order
+    assert blended == retrieved
+    assert sorted(reader_order) == sorted(blended)  # the same candidates, read either way
+    assert reader_order != retrieved  # so the weight is what put them in retrieval order
+    qa.engine.config.rerank_retrieval_weight = 0.0
+    [answer] = qa.ask(question, docs=[doc], methods=("bsbr",), top_k=qa.read_k)
+    scores = [e.score for e in answer.evidence]
+    assert scores == sorted(scores, reverse=True)  # weight 0: the reader's has-answer score alone

@@ -159,3 +159,26 @@ def test_training_steps_reduce_the_loss():
         losses.append(loss.item())
         assert set(parts) == {"span", "retrieval"}
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
+
+
+def test_validate_picks_a_rerank_weight_and_calibrates_with_it():
+    from model.train import RERANK_WEIGHTS, pick, validate
+
+    data = synthetic_documents(n_docs=3)
+    data["doc_is_val"] = torch.tensor([True, False, False])
+    docs = Documents(data)
+    result = validate(tiny_model(rank=4), docs, torch.device("cpu"), limit=8)
+    assert result["rerank_retrieval_weight"] in RERANK_WEIGHTS
+    by_weight = result["reranked_recall@1_by_weight"]
+    assert set(by_weight) == {str(w) for w in RERANK_WEIGHTS}
+    assert result["reranked_recall@1"] == max(by_weight.values())
+    assert result["questions"] == 8 and 0 <= result["abstain_unanswerable"] <= 1
+    # pick(): the weight trades the reader's score against retrieval's log-probability
+    read = {
+        "chunk": torch.tensor([[5, 7]]),
+        "reader": torch.tensor([[1.0, 2.0]]),
+        "retrieval": torch.tensor([[-0.1, -3.0]]),
+        "start": torch.tensor([[1, 2]]),
+        "end": torch.tensor([[1, 2]]),
+    }
+    assert pick(read, 0.0)["chunk"].item() == 7 and pick(read, 1.0)["chunk"].item() == 5
