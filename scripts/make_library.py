@@ -89,11 +89,8 @@ def book_title(index: int) -> str:
 
 
 def render(title: str, blocks: list[tuple[str, str]]) -> bytes:
-    """PDF bytes of one book, laid out by make_sample_pdf.build_pdf with `title` in the header."""
-    # build_pdf prints the module's TITLE in every page header and as the PDF /Title. A process renders
-    # one book at a time, so setting it per book is safe, and the sample and the library share a layout.
-    make_sample_pdf.TITLE = title
-    return make_sample_pdf.build_pdf(blocks)
+    """PDF bytes of one book, laid out like the sample book, with `title` in the header."""
+    return make_sample_pdf.build_pdf(blocks, title)
 
 
 def write_book(

@@ -90,11 +90,15 @@ def parse_book(text: str) -> list[tuple[str, str]]:
 
 
 class BookPDF(FPDF):
-    """A5 pages with the running header and a page-number footer."""
+    """A5 pages with the running header (the book's title) and a page-number footer."""
+
+    def __init__(self, title: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.book_title = title
 
     def header(self) -> None:
         self.set_font("Times", "I", 9)
-        self.cell(0, 6, TITLE, align="C")
+        self.cell(0, 6, self.book_title, align="C")
         self.ln(10)
 
     def footer(self) -> None:
@@ -103,12 +107,12 @@ class BookPDF(FPDF):
         self.cell(0, 6, str(self.page_no()), align="C")
 
 
-def build_pdf(blocks: list[tuple[str, str]]) -> bytes:
-    """Lay the blocks out as a book and return the PDF bytes."""
-    pdf = BookPDF(orientation="P", unit="mm", format=PAGE_SIZE_MM)
+def build_pdf(blocks: list[tuple[str, str]], title: str = TITLE) -> bytes:
+    """Lay the blocks out as a book titled `title` (header and PDF metadata); return the PDF bytes."""
+    pdf = BookPDF(title, orientation="P", unit="mm", format=PAGE_SIZE_MM)
     pdf.set_margins(MARGIN_MM, MARGIN_MM, MARGIN_MM)
     pdf.set_auto_page_break(True, margin=MARGIN_MM)
-    pdf.set_title(TITLE)
+    pdf.set_title(title)
     pdf.set_author(AUTHOR)
     pdf.set_creation_date(CREATION_DATE)
     pdf.add_page()
