@@ -5,7 +5,9 @@ Runs on the CPU (it uses the ingest chunker), writes one safetensors file that t
 
 Articles are shuffled (seeded) and concatenated `articles_per_doc` at a time, paragraphs joined by a blank
 line, so retrieval trains against hundreds of in-document distractor chunks. The first `val_articles`
-articles of the shuffle form held-out documents (validation never touches the dev set).
+articles of the shuffle form held-out documents (validation never touches the dev set). With
+`groupings` K > 1 the training articles are grouped K times, each time in another seeded order, so every
+article appears in K documents among different distractors (the held-out documents appear once).
 
 Tensors (Q questions, M chunks, G documents, C = 256 chunk tokens, L = 63 question tokens):
     chunk_ids [M, C] int16   "[CLS] chunk [SEP]" padded with 0
@@ -31,11 +33,17 @@ CHUNK_TOKENS = 256  # token ids fit int16: the MiniLM vocabulary has 30,522 entr
 QUESTION_TOKENS = 63
 
 
-def group_articles(articles: list[dict], articles_per_doc: int, val_articles: int, seed: int):
+def group_articles(
+    articles: list[dict], articles_per_doc: int, val_articles: int, seed: int, groupings: int = 1
+):
     """Yield (text, [(question, answer_char_start, answer_char_end)], is_val) per long document."""
     order = list(range(len(articles)))
     random.Random(seed).shuffle(order)
     splits = [(order[:val_articles], True), (order[val_articles:], False)]
+    for k in range(1, groupings):  # the same training articles, regrouped
+        regrouped = list(order[val_articles:])
+        random.Random(f"{seed}/grouping/{k}").shuffle(regrouped)
+        splits.append((regrouped, False))
     for ids, is_val in splits:
         for g in range(0, len(ids), articles_per_doc):
             parts, qas, offset = [], [], 0
@@ -65,6 +73,7 @@ def build(
     val_articles: int = 24,
     seed: int = 0,
     max_articles: int | None = None,
+    groupings: int = 1,
 ) -> dict:
     from ingest.chunk import chunk_document
     from ingest.types import ParsedDocument
@@ -75,7 +84,7 @@ def build(
         articles = json.load(f)["data"][:max_articles]
     chunk_rows, doc_ranges, doc_is_val = [], [], []
     q_rows: dict[str, list] = {k: [] for k in ("ids", "doc", "chunk", "start", "end")}
-    for text, qas, is_val in group_articles(articles, articles_per_doc, val_articles, seed):
+    for text, qas, is_val in group_articles(articles, articles_per_doc, val_articles, seed, groupings):
         doc = ParsedDocument(path="squad", title="squad", text=text, page_starts=[0], n_pages=1)
         chunks = chunk_document(doc, tok, max_tokens=CHUNK_TOKENS)
         enc = tok([c.text for c in chunks], add_special_tokens=False, return_offsets_mapping=True)
@@ -118,8 +127,20 @@ def main() -> None:
     parser.add_argument("--val-articles", type=int, default=24)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-articles", type=int, default=None, help="use only the first N (tests)")
+    parser.add_argument(
+        "--groupings", type=int, default=1, help="group the training articles this many times (other orders)"
+    )
     args = parser.parse_args()
-    data = build(Path(args.squad), args.articles_per_doc, args.val_articles, args.seed, args.max_articles)
+    if args.groupings < 1 or args.articles_per_doc < 1 or args.val_articles < 0:
+        parser.error("--groupings and --articles-per-doc must be at least 1, --val-articles at least 0")
+    data = build(
+        Path(args.squad),
+        args.articles_per_doc,
+        args.val_articles,
+        args.seed,
+        args.max_articles,
+        args.groupings,
+    )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     save_file(data, args.out, metadata={"format_version": "1", "source": str(args.squad)})
     n_doc = len(data["doc_ranges"])

@@ -83,8 +83,20 @@ class Documents:
         return row[1:-1]  # drop [CLS] and [SEP]
 
 
-def step_loss(model: DocQAModel, docs: Documents, g: int, batch: list[int], rng: random.Random, device):
-    """Loss of one training document and a batch of its questions. Returns (loss, parts dict)."""
+def step_loss(
+    model: DocQAModel,
+    docs: Documents,
+    g: int,
+    batch: list[int],
+    rng: random.Random,
+    device,
+    n_read: int | None = None,
+):
+    """Loss of one training document and a batch of its questions. Returns (loss, parts dict).
+
+    Every question of `batch` trains retrieval; the first `n_read` of them (default all) also train the
+    reader, on their gold chunk and one negative (question passes are cheap, reader rows are not).
+    """
     ids, mask = docs.chunks(g, device)
     first = docs.ranges[g][0]
     C = ids.shape[1]
@@ -94,7 +106,9 @@ def step_loss(model: DocQAModel, docs: Documents, g: int, batch: list[int], rng:
     scores = model.retrieval_scores(q_ids, q_mask, cache)  # (B, N)
     gold = docs.q_chunk[batch].to(device) - first
     retrieval_loss = F.cross_entropy(scores.float(), gold)
-    wrong = scores.detach().float().scatter(1, gold[:, None], -math.inf)
+    n_read = len(batch) if n_read is None else min(n_read, len(batch))
+    batch, q_tokens, gold = batch[:n_read], q_tokens[:n_read], gold[:n_read]
+    wrong = scores[:n_read].detach().float().scatter(1, gold[:, None], -math.inf)
     hard = wrong.argmax(1).tolist()
     negatives = [
         h if rng.random() < 0.5 else rng.choice([c for c in range(ids.shape[0]) if c != gl])
@@ -276,7 +290,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", default=".carry/train.safetensors")
     p.add_argument("--out", default="runs/qa")
     p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--questions-per-step", type=int, default=96)
+    p.add_argument("--questions-per-step", type=int, default=96, help="reader questions per document")
+    p.add_argument(
+        "--retrieval-questions",
+        type=int,
+        default=None,
+        help="questions per document for the retrieval loss (default: --questions-per-step); the first "
+        "--questions-per-step of them also train the reader",
+    )
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--lora-rank", type=int, default=16)
@@ -307,13 +328,15 @@ def setup_distributed() -> tuple[int, int]:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0, 1
     if not dist.is_initialized():
-        backend = "gloo"
         if torch.cuda.is_available():
             os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
             os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-            backend = "nccl"
-        dist.init_process_group(backend)
+            local = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(local)
+            # device_id binds the rank to its GPU (NCCL otherwise warns "Guessing device ID")
+            dist.init_process_group("nccl", device_id=local)
+        else:
+            dist.init_process_group("gloo")
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -324,8 +347,8 @@ class StepLoss(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, docs: Documents, g: int, batch: list[int], rng: random.Random, device):
-        return step_loss(self.model, docs, g, batch, rng, device)
+    def forward(self, docs: Documents, g: int, batch: list[int], rng: random.Random, device, n_read=None):
+        return step_loss(self.model, docs, g, batch, rng, device, n_read)
 
 
 class StepPlan:
@@ -338,7 +361,8 @@ class StepPlan:
 
     def __init__(self, docs: Documents, args: argparse.Namespace, rank: int, world: int) -> None:
         self.docs, self.rank, self.world = docs, rank, world
-        self.seed, self.k, self.questions = args.seed, args.docs_per_step, args.questions_per_step
+        self.seed, self.k = args.seed, args.docs_per_step
+        self.questions = max(args.questions_per_step, args.retrieval_questions or 0)
         self.train_docs = [g for g, v in enumerate(docs.is_val) if not v]
         self.legacy = self.k == 1 and world == 1
         self.rng = random.Random(args.seed)  # the original single-document stream
@@ -411,7 +435,9 @@ def train(model: DocQAModel, docs: Documents, args: argparse.Namespace) -> dict:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
         opt.zero_grad(set_to_none=True)
-        totals = _accumulate(step_fn, plan(step), docs, autocast, device, args.docs_per_step)
+        totals = _accumulate(
+            step_fn, plan(step), docs, autocast, device, args.docs_per_step, args.questions_per_step
+        )
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step += 1
@@ -445,7 +471,9 @@ def train(model: DocQAModel, docs: Documents, args: argparse.Namespace) -> dict:
     return metrics
 
 
-def _accumulate(step_fn, plan, docs: Documents, autocast, device, docs_per_step: int) -> torch.Tensor:
+def _accumulate(
+    step_fn, plan, docs: Documents, autocast, device, docs_per_step: int, n_read: int
+) -> torch.Tensor:
     """Backward of this rank's documents, each loss / K: with DDP's average over ranks the gradient is
     the mean over the step's K documents. Returns this rank's share of (loss, span, retrieval) means."""
     totals = torch.zeros(3, device=device)
@@ -456,7 +484,7 @@ def _accumulate(step_fn, plan, docs: Documents, autocast, device, docs_per_step:
         )
         with sync:
             with autocast:
-                loss, parts = step_fn(docs, g, batch, rng, device)
+                loss, parts = step_fn(docs, g, batch, rng, device, n_read)
             (loss / len(plan)).backward()
         totals += torch.tensor([loss.item(), parts["span"], parts["retrieval"]], device=device)
     return totals / docs_per_step

@@ -36,10 +36,11 @@ for step in "$@"; do
     train) timeout 560 python3 -m model.train --data .carry/train.safetensors.xz --out /tmp/qa \
              --steps "$STEPS" --max-minutes "${TRAIN_MINUTES:-7}" 2>&1 | tee "$OUT/train.log"
            mkdir -p "$OUT/qa" && cp -r /tmp/qa/model /tmp/qa/metrics.json /tmp/qa/log.jsonl "$OUT/qa/" ;;
-    train-ddp) timeout 590 python3 -m torch.distributed.run --standalone --nproc_per_node="$GPUS" -m model.train \
-             --data .carry/train.safetensors.xz --out /tmp/qa --steps 100000 --docs-per-step "$GPUS" \
+    train-ddp) # TRAIN_DATA, TRAIN_MINUTES, LORA_RANK; TRAIN_ARGS adds options (e.g. --retrieval-questions 512)
+           timeout 590 python3 -m torch.distributed.run --standalone --nproc_per_node="$GPUS" -m model.train \
+             --data "${TRAIN_DATA:-.carry/train.safetensors.xz}" --out /tmp/qa --steps 100000 --docs-per-step "$GPUS" \
              --fit-minutes "${TRAIN_MINUTES:-7.5}" --max-minutes "$(python3 -c "print(${TRAIN_MINUTES:-7.5}+0.4)")" \
-             --lora-rank "${LORA_RANK:-16}" --save-every 200 2>&1 | tee "$OUT/train.log"
+             --lora-rank "${LORA_RANK:-16}" --save-every 200 ${TRAIN_ARGS:-} 2>&1 | tee "$OUT/train.log"
            mkdir -p "$OUT/qa" && cp -r /tmp/qa/model /tmp/qa/metrics.json /tmp/qa/log.jsonl "$OUT/qa/" ;;
     eval-par) # evals at once, one GPU each, time-boxed to EVAL_MINUTES (4 GPUs: four jobs; 2 GPUs: two)
            par() { local gpu=$1 name=$2; shift 2
@@ -62,12 +63,12 @@ for step in "$@"; do
     eval-article) DOCQA_HOME=/tmp/home DOCQA_MODEL_DIR=${MODEL_DIR:-assets/qa_model} timeout 560 python3 -m app eval \
              --data .carry/dev-v1.1.json.gz --group article --methods bsbr,faiss,bm25 \
              --json "$OUT/eval_article.json" --unanswerable 300 --max-minutes "${EVAL_MINUTES:-8}" 2>&1 | tee "$OUT/eval_article.log" ;;
-    train-scale) # training step time on 1, 2, ... GPUs: one document per GPU per step, 60 steps each
+    train-scale) # training step time on 1, 2, ... GPUs: one document per GPU per step, 40 steps each
            for n in ${SCALE_GPUS:-1 2 4}; do [ "$n" -le "$GPUS" ] || continue
-             timeout 150 python3 -m torch.distributed.run --standalone --nproc_per_node="$n" -m model.train \
-               --data .carry/train.safetensors.xz --out "/tmp/scale_$n" --steps 60 --docs-per-step "$n" \
+             timeout 120 python3 -m torch.distributed.run --standalone --nproc_per_node="$n" -m model.train \
+               --data .carry/train.safetensors.xz --out "/tmp/scale_$n" --steps 40 --docs-per-step "$n" \
                --val-questions 0 --log-every 10 --save-every 100000 --lora-rank "${LORA_RANK:-16}" \
-               > "$OUT/train_scale_$n.log" 2>&1; grep '"step": 60' "$OUT/train_scale_$n.log"; done ;;
+               > "$OUT/train_scale_$n.log" 2>&1; grep -E '"step": (10|20|30|40),' "$OUT/train_scale_$n.log"; done ;;
     library) timeout 200 python3 scripts/make_library.py --out /tmp/library --books "${BOOKS:-200}" \
                --novel .carry/pride_and_prejudice.txt --squad .carry/dev-v1.1.json.gz 2>&1 | tee "$OUT/library.log" ;;
     ingest-scale) TIMEOUT=${INGEST_TIMEOUT:-240} bash scripts/scale_ingest.sh /tmp/library "${SCALE_GPUS:-1 2 4}" \

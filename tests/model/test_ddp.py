@@ -59,6 +59,9 @@ def test_ranks_split_each_steps_documents_and_questions_like_one_process():
         assert got == expected and len({g for g, _ in got}) == 2
     epochs = [sorted(g for s in (0, 1) for g, _, _ in one(s + 2 * e)) for e in range(2)]
     assert epochs[0] == epochs[1] == list(range(N_DOCS))  # each epoch reads every document once
+    assert all(len(batch) == 4 for _, batch, _ in one(0))
+    more = StepPlan(docs, parse_args(["--questions-per-step", "4", "--retrieval-questions", "6"]), 0, 1)
+    assert all(len(batch) == 6 for _, batch, _ in more(0))  # retrieval questions; the first 4 are read
 
 
 def test_two_gloo_ranks_train_the_same_weights_as_one_process(tmp_path, monkeypatch):

@@ -161,6 +161,19 @@ def test_training_steps_reduce_the_loss():
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
 
 
+def test_retrieval_trains_on_every_question_and_the_reader_on_the_first_n_read():
+    model = tiny_model(rank=4).eval()
+    docs = Documents(synthetic_documents())
+    batch, cpu = docs.questions_of[0], torch.device("cpu")
+    _, split = step_loss(model, docs, 0, batch, random.Random(1), cpu, n_read=3)
+    _, all_read = step_loss(model, docs, 0, batch, random.Random(1), cpu)
+    _, first_three = step_loss(model, docs, 0, batch[:3], random.Random(1), cpu)
+    assert split["retrieval"] == pytest.approx(all_read["retrieval"], abs=1e-6)
+    assert split["span"] == pytest.approx(first_three["span"], abs=1e-6)
+    assert split["retrieval"] != pytest.approx(first_three["retrieval"], abs=1e-6)
+    assert split["span"] != pytest.approx(all_read["span"], abs=1e-6)
+
+
 def test_validate_picks_a_rerank_weight_and_calibrates_with_it():
     from model.train import RERANK_WEIGHTS, pick, validate
 
