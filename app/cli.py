@@ -50,7 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ask", help="ask a question of a document (file path or doc id)")
     p.add_argument("doc")
     p.add_argument("question")
-    p.add_argument("--method", default=None, help="bsbr, faiss, bm25, both (bsbr+faiss) or all")
+    p.add_argument(
+        "--method",
+        default=None,
+        help="bsbr, faiss (FAISS+BM25 fused), bm25, dense (FAISS alone), both (bsbr+faiss) or all",
+    )
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("list", help="list stored documents")

@@ -26,7 +26,8 @@ from ingest.store import DocumentInfo, DocumentStore, StoreError
 from ingest.types import Chunk
 
 StageProgress = Callable[[str, int, int], None]
-METHODS = ("bsbr", "faiss", "bm25")
+# "faiss": MiniLM/FAISS ranks fused with BM25's (app/retrievers.py); "dense": FAISS alone, for comparison
+METHODS = ("bsbr", "faiss", "bm25", "dense")
 MAX_QUESTION_CHARS = 1000
 # Candidates the reader rescores (FINDINGS.md: reading the top 20 lifted R@1 0.69 -> 0.86); on a CPU
 # fewer, to keep a question near a second (settings.read_k / DOCQA_READ_K overrides both).
@@ -67,13 +68,14 @@ class DocQA:
     def __init__(
         self, home: str | Path | None = None, device: str | None = None, settings: Settings | None = None
     ) -> None:
-        from app.retrievers import Bm25Retriever, FaissRetriever
+        from app.retrievers import Bm25Retriever, FaissRetriever, FusedRetriever
 
         self.settings = settings or Settings.from_env()
         self.device = resolve_device(device or self.settings.device)
         self.store = DocumentStore(home or self.settings.home)
         self.faiss = FaissRetriever(self.store, self.device)
         self.bm25 = Bm25Retriever(self.store)
+        self.fused = FusedRetriever(self.faiss, self.bm25)
         self.engine = QAEngine.load_if_present(self.device)
         self.read_k = self.settings.read_k or (READ_K_GPU if self.device.startswith("cuda") else READ_K_CPU)
         self._ingest_lock = threading.Lock()  # guards _doc_locks
@@ -89,7 +91,8 @@ class DocQA:
 
     @property
     def methods(self) -> tuple[str, ...]:
-        """Methods this instance can answer with: BSBR needs the trained weights (assets/qa_model)."""
+        """Methods shown by default (the app's choices): BSBR needs the trained weights (assets/qa_model).
+        ask() also takes "dense" (FAISS without the BM25 fusion)."""
         return ("bsbr", "faiss", "bm25") if self.engine is not None else ("faiss", "bm25")
 
     def add(
@@ -284,11 +287,11 @@ class DocQA:
         unknown = [m for m in methods if m not in METHODS]
         if unknown:
             raise ValueError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
-        unavailable = [m for m in methods if m not in self.methods]
+        unavailable = [m for m in methods if m not in (*self.methods, "dense")]
         if unavailable:
             raise ValueError(f"method {unavailable[0]!r} is not available (no trained weights loaded)")
         doc_ids = self._doc_ids(docs, owner)
-        if self.engine is None or "faiss" in methods:
+        if self.engine is None or "faiss" in methods or "dense" in methods:
             self.faiss.embedder  # noqa: B018 - load the encoder before any answer's clock starts
         depth = max(top_k, retrieve_k or self.read_k)
         return [self._answer(m, question, doc_ids, top_k, depth) for m in methods]
@@ -330,7 +333,8 @@ class DocQA:
             every = self.engine.retrieval_scores(question, self._bsbr_cache(doc_id)).log_softmax(0).numpy()
             ids = np.argsort(-every, kind="stable")[:depth]
             return ids, every[ids], every
-        return (self.faiss if method == "faiss" else self.bm25).top(question, doc_id, depth)
+        retriever = {"faiss": self.fused, "dense": self.faiss, "bm25": self.bm25}[method]
+        return retriever.top(question, doc_id, depth)
 
     def _read(
         self, method: str, question: str, candidates: list[tuple[float, str, int]], top_k: int

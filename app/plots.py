@@ -18,16 +18,17 @@ import pandas as pd
 
 from app.types import Answer, Evidence
 
-METHOD_NAMES = {"bsbr": "BSBR", "faiss": "FAISS", "bm25": "BM25"}
+METHOD_NAMES = {"bsbr": "BSBR", "faiss": "FAISS", "bm25": "BM25", "dense": "FAISS alone"}
 METHOD_BLURBS = {
     "bsbr": "block retrieval over the whole document",
-    "faiss": "sentence-embedding search",
+    "faiss": "sentence-embedding search, rank-fused with keyword search",
     "bm25": "keyword search",
+    "dense": "sentence-embedding search alone",
 }
-METHOD_ORDER = ("bsbr", "faiss", "bm25")
+METHOD_ORDER = ("bsbr", "faiss", "bm25", "dense")
 # BSBR scores are block-retrieval logits (a softmax makes them the model's distribution over chunks);
-# FAISS cosine similarities and BM25 scores have no such reading, so they are min-max scaled.
-NORMALISATION = {"bsbr": "softmax", "faiss": "min-max", "bm25": "min-max"}
+# fused ranks, FAISS cosine similarities and BM25 scores have no such reading, so they are min-max scaled.
+NORMALISATION = {"bsbr": "softmax", "faiss": "min-max", "bm25": "min-max", "dense": "min-max"}
 SNIPPET_CHARS = 240
 
 

@@ -56,7 +56,7 @@ class Answer:
     """One method's answer to a question.
 
     Attributes:
-        method: "bsbr", "faiss" or "bm25".
+        method: "bsbr", "faiss" (FAISS fused with BM25), "bm25" or "dense" (FAISS alone).
         answer: the answer text ("" when abstained).
         kind: "span" (a reader extracted it) or "sentence" (best-matching sentence, no reader loaded).
         abstained: True when the document does not seem to contain the answer.

@@ -50,9 +50,9 @@ def test_ingest_reports_pages_and_is_content_addressed(qa, pdf, doc_id, tmp_path
     assert len(qa.documents()) == 1
 
 
-@pytest.mark.parametrize("method", ["bsbr", "faiss", "bm25"])
+@pytest.mark.parametrize("method", ["bsbr", "faiss", "bm25", "dense"])
 def test_each_method_cites_the_right_page(qa, doc_id, method):
-    assert method in qa.methods
+    assert method in qa.methods or method == "dense"  # dense: asked for, not offered by default
     [answer] = qa.ask("Who is the lighthouse keeper of Brightwater?", methods=[method], top_k=3)
     assert answer.method == method and answer.latency_ms > 0
     top = answer.evidence[0]
@@ -63,6 +63,19 @@ def test_each_method_cites_the_right_page(qa, doc_id, method):
         assert "Thornbury" in answer.answer
         assert top.text[top.answer_start : top.answer_end] == answer.answer
     assert len(answer.chunk_scores[doc_id]) == qa.documents()[0].n_chunks
+
+
+def test_faiss_answers_from_the_fused_ranking_and_dense_from_faiss_alone(qa, tmp_path):
+    from tests.app.test_retrievers import ESTATE, NEWS, _pdf
+
+    doc = qa.add(_pdf(tmp_path / "news.pdf", [ESTATE * 3, NEWS, ESTATE * 3, ESTATE * 2]))
+    question = "What estate has been let at last?"
+    n = len(qa.store.chunks(doc))
+    fused, dense = qa.ask(question, docs=[doc], methods=["faiss", "dense"], top_k=3, retrieve_k=n)
+    expected_fused, expected_dense = qa.fused.top(question, doc, n), qa.faiss.top(question, doc, n)
+    assert fused.retrieved == expected_fused[0].tolist() != dense.retrieved == expected_dense[0].tolist()
+    assert fused.chunk_scores[doc] == pytest.approx(expected_fused[2].tolist())
+    qa.delete(doc)
 
 
 def test_bad_requests_raise_typed_one_line_errors(qa, doc_id, tmp_path):

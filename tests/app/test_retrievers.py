@@ -1,6 +1,7 @@
-"""The FAISS baseline retriever on a real PDF (fpdf2) and the real MiniLM: a short fact inside a long chunk
+"""The FAISS baseline retrievers on a real PDF (fpdf2) and the real MiniLM: a short fact inside a long chunk
 about something else is found through its window; results are distinct chunks; documents stored with
-the older one-vector-per-chunk index are re-embedded on first use."""
+the older one-vector-per-chunk index are re-embedded on first use; the `faiss` method fuses the dense
+ranking with BM25's."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from fpdf import FPDF
 
-from app.retrievers import FAISS_FILE, FaissRetriever
+from app.retrievers import FAISS_FILE, Bm25Retriever, FaissRetriever, FusedRetriever, reciprocal_rank_fusion
 from ingest import faiss_index
 from ingest.chunk import chunk_document
 from ingest.extract import extract
@@ -106,3 +107,44 @@ def test_a_document_stored_with_one_vector_per_chunk_is_re_embedded_once(retriev
     assert "re-embedding" not in caplog.text
     chunks = retriever.store.chunks(doc_id)
     assert "Rossaveel" in chunks[ids[0]].text
+
+
+def test_reciprocal_rank_fusion_adds_one_over_k_plus_rank():
+    dense = np.array([0.9, 0.5, 0.1, 0.3])
+    sparse = np.array([0.0, 3.0, 1.0, 0.0])  # chunks 0 and 3 do not match the keywords at all
+    fused = reciprocal_rank_fusion(dense, sparse, k=60)
+    expected = [1 / 61, 1 / 62 + 1 / 61, 1 / 64 + 1 / 62, 1 / 63]
+    np.testing.assert_allclose(fused, expected, rtol=1e-6)
+
+
+ESTATE = (
+    "The estate was entailed on a distant cousin, and the family would lose the house and its land. "
+    "Estates in the county were often let to tenants for a year at a time, and an agent kept the rents. "
+    "A large estate needed stewards, gardeners and grooms, and the owner let the farms on long leases. "
+)
+NEWS = (
+    "Mrs. Bennet talked of her daughters and of the balls of the winter. 'My dear Mr. Bennet,' said his "
+    "lady to him one day, 'have you heard that Netherfield Park is let at last?' Mr. Bennet replied that "
+    "he had not. The girls wondered about bonnets, ribbons and the officers in the town. "
+    + "Kitty coughed. Lydia laughed at the officers, and Mary read her book. "
+    * 6
+)
+
+
+def test_the_faiss_method_fuses_dense_and_bm25_ranks(retriever, tmp_path):
+    """MiniLM ranks the "estate" pages above the page that answers by name; BM25's rank lifts it."""
+    doc_id = _add(
+        retriever, _pdf(tmp_path / "news.pdf", [ESTATE * 3, NEWS, ESTATE * 3, ESTATE * 2]), "d" * 16
+    )
+    question = "What estate has been let at last?"
+    chunks = retriever.store.chunks(doc_id)
+    [news] = [c.index for c in chunks if "Netherfield" in c.text]
+    sparse = Bm25Retriever(retriever.store)
+    fused = FusedRetriever(retriever, sparse)
+    dense_ids, _, dense_every = retriever.top(question, doc_id, len(chunks))
+    _, _, sparse_every = sparse.top(question, doc_id, len(chunks))
+    ids, scores, every = fused.top(question, doc_id, len(chunks))
+    np.testing.assert_allclose(every, reciprocal_rank_fusion(dense_every, sparse_every), rtol=1e-6)
+    np.testing.assert_allclose(scores, every[ids], rtol=1e-6)
+    assert dense_ids.tolist().index(news) == len(chunks) - 1  # dense alone: last
+    assert ids.tolist().index(news) < len(chunks) - 1  # fused: lifted by its keyword rank

@@ -1,0 +1,61 @@
+"""The acceptance checks of the foundation and QA-model issues, run as a user runs them: the CLI on the
+shipped sample novel (421 pages), the shipped weights, CPU. Ingesting the book takes about a minute."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BOOK = ROOT / "assets" / "pride_and_prejudice.pdf"
+pytestmark = pytest.mark.slow
+
+
+def _cli(*args: str, home: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DOCQA_HOME": str(home), "HF_HUB_OFFLINE": "1", "DOCQA_DEVICE": "cpu"}
+    done = subprocess.run(
+        [sys.executable, "-m", "app", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("book-home")
+
+
+@pytest.fixture(scope="module")
+def ingested(home: Path) -> dict:
+    [report] = json.loads(_cli("ingest", str(BOOK), "--json", home=home).stdout)
+    return report
+
+
+def test_ingest_reports_the_books_pages_tokens_and_chunks_and_adds_nothing_twice(ingested, home):
+    assert ingested["new"] and ingested["pages"] == 421
+    assert ingested["tokens"] > 150_000 and 600 < ingested["chunks"] < 900
+    [again] = json.loads(_cli("ingest", str(BOOK), "--json", home=home).stdout)
+    assert not again["new"] and again["doc_id"] == ingested["doc_id"]
+
+
+def test_faiss_finds_netherfield_on_page_one(ingested, home):
+    question = "What estate has been let at last?"
+    out = json.loads(_cli("ask", str(BOOK), question, "--method", "faiss", "--json", home=home).stdout)
+    [answer] = out["answers"]
+    assert answer["method"] == "faiss" and not answer["abstained"]
+    assert "Netherfield" in answer["answer"]
+    top = answer["evidence"][0]
+    assert "Netherfield Park is let at last" in top["text"] and top["page_start"] == 1
+
+
+def test_both_methods_answer_with_the_shipped_weights(ingested, home):
+    question = "Who is the new tenant of Netherfield?"
+    out = json.loads(_cli("ask", str(BOOK), question, "--method", "both", "--json", home=home).stdout)
+    assert [a["method"] for a in out["answers"]] == ["bsbr", "faiss"]
+    for answer in out["answers"]:
+        assert answer["latency_ms"] > 0 and answer["evidence"]
+        assert all(1 <= e["page_start"] <= e["page_end"] <= 421 for e in answer["evidence"])
+        assert answer["abstained"] or answer["answer"]
