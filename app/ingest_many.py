@@ -313,7 +313,10 @@ def build_library(store, kind: str = "auto") -> dict:
     return {"kind": kind, "rows": row, "vectors": n_vectors, "documents": len(documents)}
 
 
-def summary(results: list[RankResult], seconds: float, library: dict) -> dict:
+def summary(results: list[RankResult], seconds: float, library: dict, library_seconds: float = 0.0) -> dict:
+    """The run's JSON: counts, throughput over the whole clock (`seconds`), each rank's own loop time
+    (`rank_seconds`: its share of the files, before the results are gathered) and rank 0's library index
+    build time (`library_seconds`)."""
     new = [r for result in results for r in result.new]
     tokens = sum(r["tokens"] for r in new)
     stages: dict[str, float] = {}
@@ -330,6 +333,8 @@ def summary(results: list[RankResult], seconds: float, library: dict) -> dict:
         "tokens": tokens,
         "seconds": round(seconds, 3),
         "setup_seconds": round(max(r.setup_seconds for r in results), 3),
+        "rank_seconds": [round(r.seconds, 3) for r in results],
+        "library_seconds": round(library_seconds, 3),
         "documents_per_s": round(len(new) / seconds, 3) if seconds else None,
         "tokens_per_s": round(tokens / seconds, 1) if seconds else None,
         "stage_seconds": {k: round(v, 3) for k, v in stages.items()},
@@ -363,19 +368,21 @@ def run(args: argparse.Namespace) -> int:
     if world > 1:
         results = [None] * world
         dist.all_gather_object(results, result)
-    library = {}
+    library, library_seconds = {}, 0.0
     if rank == 0:
         import faiss
 
         faiss.omp_set_num_threads(os.cpu_count() or 1)  # torchrun set 1 (IVF of 107k vectors: 39 s on 1 core)
+        t = time.perf_counter()
         library = build_library(qa.store, args.index)
+        library_seconds = time.perf_counter() - t
     seconds = time.perf_counter() - start
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
     if rank != 0:
         return 0
-    out = summary(results, seconds, library)
+    out = summary(results, seconds, library, library_seconds)
     if args.json:
         print(json.dumps(out, indent=2))
     else:

@@ -20,7 +20,7 @@ homes=$(mktemp -d "${TMPDIR:-/tmp}/scale_ingest.XXXXXX")
 limit=()
 [ -n "${TIMEOUT:-}" ] && limit=(timeout "$TIMEOUT")
 status=0
-printf '%4s %9s %8s %11s %10s %8s %s\n' gpus documents seconds documents/s tokens/s setup_s workers
+printf '%4s %9s %8s %11s %10s %8s %10s %9s %s\n' gpus documents seconds documents/s tokens/s setup_s max_rank_s library_s workers
 for n in $counts; do
   DOCQA_HOME="$homes/home_$n" "${limit[@]}" "$PYTHON" -m torch.distributed.run --standalone \
     --nproc_per_node="$n" -m app ingest-many "$folder" --json "$@" \
@@ -40,8 +40,12 @@ except ValueError:
 run.pop("documents", None)
 summary = {"gpus": n, "exit_code": rc, **run}
 (out / f"ingest_scale_{n}.json").write_text(json.dumps(summary, indent=1))
-cells = [summary.get(k, "-") for k in ("new", "seconds", "documents_per_s", "tokens_per_s", "setup_seconds")]
-print(f"{n:4d} {cells[0]:>9} {cells[1]:>8} {cells[2]:>11} {cells[3]:>10} {cells[4]:>8} {summary.get('workers', '-')}")
+keys = ("new", "seconds", "documents_per_s", "tokens_per_s", "setup_seconds")
+cells = [summary.get(k, "-") for k in keys]
+cells.append(max(summary["rank_seconds"]) if summary.get("rank_seconds") else "-")
+cells.append(summary.get("library_seconds", "-"))
+print(f"{n:4d} {cells[0]:>9} {cells[1]:>8} {cells[2]:>11} {cells[3]:>10} {cells[4]:>8} {cells[5]:>10} {cells[6]:>9} "
+      f"{summary.get('workers', '-')}")
 EOF
   [ -n "${KEEP_HOMES:-}" ] || rm -rf "$homes/home_$n"
 done

@@ -215,5 +215,7 @@ def test_two_ranks_with_workers_ingest_pdfs(tmp_path):
     out = _ingest_many(home, folder, ranks=2, workers=2, glob="*.pdf")
     assert (out["ranks"], out["workers"], out["new"], out["failed"]) == (2, [2, 2], 6, [])
     assert {"extract", "chunk", "embed", "wait"} <= set(out["stage_seconds"])
+    assert len(out["rank_seconds"]) == 2 and 0 < max(out["rank_seconds"]) <= out["seconds"]
+    assert 0 < out["library_seconds"] < out["seconds"]
     assert {d.id for d in DocumentStore(home).list()} == {file_id(f) for f in files}
     assert out["library"]["documents"] == 6
