@@ -1,10 +1,11 @@
-"""Retrieval recall@20 of each method against document length (issue 7 analysis).
+"""Retrieval recall@20 of each method (BSBR, FAISS alone, FAISS fused with BM25, BM25) against document
+length (issue 7 analysis).
 
     DOCQA_HOME=/tmp/len python scripts/retrieval_by_length.py PARTS [SQUAD_JSON_GZ]
 
 Splits the SQuAD articles (in order) into PARTS documents, ingests each, and asks up to 1,000 random
-questions of their own document; prints each method's retrieval-stage recall@20. PARTS=1 is the whole
-dev set as one document, PARTS=48 (of 48 articles) one document per article.
+questions of their own document; prints each method's retrieval-stage recall@1, @5 and @20. PARTS=1 is
+the whole dev set as one document, PARTS=48 (of 48 articles) one document per article.
 """
 
 import random
@@ -35,7 +36,7 @@ for grp in groups:
         text.append(art.text)
         off += len(art.text) + 2
     docs.append(("\n\n".join(text), qs))
-rows = {m: [] for m in ("bsbr", "faiss", "bm25")}
+rows = {m: [] for m in ("bsbr", "dense", "faiss", "bm25")}  # faiss: dense fused with BM25
 sizes = []
 for d, (text, qs) in enumerate(docs):
     rep = qa.add_text(text, title=f"part {d} of {parts}", owner="eval")
@@ -47,13 +48,14 @@ for d, (text, qs) in enumerate(docs):
             continue
         for m in rows:
             ids, _, _ = qa._retrieve(m, q.question, rep.doc_id, 20)
-            rows[m].append(any(i in gold for i in ids))
+            hits = [i in gold for i in ids]
+            rows[m].append([any(hits[:k]) for k in (1, 5, 20)])
 print(
     parts,
     "documents of",
     sizes,
     "chunks;",
     len(rows["bsbr"]),
-    "questions; R@20:",
-    {m: round(float(np.mean(v)), 3) for m, v in rows.items()},
+    "questions; retrieval R@1/5/20:",
+    {m: [round(float(x), 3) for x in np.mean(v, axis=0)] for m, v in rows.items()},
 )
