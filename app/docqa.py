@@ -31,7 +31,7 @@ METHODS = ("bsbr", "faiss", "bm25", "dense")
 MAX_QUESTION_CHARS = 1000
 # Candidates the reader rescores (FINDINGS.md: reading the top 20 lifted R@1 0.69 -> 0.86); on a CPU
 # fewer, to keep a question near a second (settings.read_k / DOCQA_READ_K overrides both).
-READ_K_GPU, READ_K_CPU = 20, 8
+READ_K_GPU, READ_K_CPU = 20, 16
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+")
 
 
