@@ -91,9 +91,13 @@ class DocQA:
 
     @property
     def methods(self) -> tuple[str, ...]:
-        """Methods shown by default (the app's choices): BSBR needs the trained weights (assets/qa_model).
-        ask() also takes "dense" (FAISS without the BM25 fusion)."""
+        """Methods shown by default (the app's choices): BSBR needs the trained weights (assets/qa_model)."""
         return ("bsbr", "faiss", "bm25") if self.engine is not None else ("faiss", "bm25")
+
+    @property
+    def askable(self) -> tuple[str, ...]:
+        """Every method ask() takes here: the default ones and "dense" (FAISS without the BM25 fusion)."""
+        return (*self.methods, "dense")
 
     def add(
         self,
@@ -287,11 +291,11 @@ class DocQA:
         unknown = [m for m in methods if m not in METHODS]
         if unknown:
             raise ValueError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
-        unavailable = [m for m in methods if m not in (*self.methods, "dense")]
+        unavailable = [m for m in methods if m not in self.askable]
         if unavailable:
             raise ValueError(f"method {unavailable[0]!r} is not available (no trained weights loaded)")
         doc_ids = self._doc_ids(docs, owner)
-        if self.engine is None or "faiss" in methods or "dense" in methods:
+        if self.engine is None or {"faiss", "dense"} & set(methods):
             self.faiss.embedder  # noqa: B018 - load the encoder before any answer's clock starts
         depth = max(top_k, retrieve_k or self.read_k)
         return [self._answer(m, question, doc_ids, top_k, depth) for m in methods]

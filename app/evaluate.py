@@ -355,7 +355,7 @@ def run_eval(args: argparse.Namespace) -> int:
     docs = _limit(docs, args.limit)
     qa = DocQA()
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(qa.methods)
-    known = (*qa.methods, "dense", READER)
+    known = (*qa.askable, READER)
     unknown = [m for m in methods if m not in known]
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}: choose from {', '.join(known)}")
