@@ -92,6 +92,10 @@ class FaissRetriever:
         scores, ids = faiss_index.search(index, query, k)
         return ids, scores, faiss_index.all_scores(index, query)
 
+    def scores(self, question: str, doc_id: str) -> np.ndarray:
+        """Scores of every chunk [n] (its best window), without a top-k search."""
+        return faiss_index.all_scores(self._index(doc_id), self.embed_query(question))
+
     def forget(self, doc_id: str) -> None:
         self._indexes.pop(doc_id, None)
 
@@ -117,6 +121,12 @@ class Bm25Retriever:
         return index
 
     def top(self, question: str, doc_id: str, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        scores = self.scores(question, doc_id)
+        ids = np.argsort(-scores, kind="stable")[:k]
+        return ids, scores[ids], scores
+
+    def scores(self, question: str, doc_id: str) -> np.ndarray:
+        """BM25 score of every chunk [n] (0 where no query word occurs)."""
         import bm25s
 
         index = self._index(doc_id)
@@ -126,8 +136,7 @@ class Bm25Retriever:
             scores = index.get_scores(query).astype(np.float32)
         if scores.size == 0:
             scores = np.zeros(len(self.store.chunks(doc_id)), np.float32)
-        ids = np.argsort(-scores, kind="stable")[:k]
-        return ids, scores[ids], scores
+        return scores
 
     def forget(self, doc_id: str) -> None:
         self._index.cache_clear()
@@ -160,9 +169,9 @@ class FusedRetriever:
         self.dense, self.sparse = dense, sparse
 
     def top(self, question: str, doc_id: str, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        _, _, dense = self.dense.top(question, doc_id, 1)
-        _, _, sparse = self.sparse.top(question, doc_id, 1)
-        fused = reciprocal_rank_fusion(dense, sparse)
+        fused = reciprocal_rank_fusion(
+            self.dense.scores(question, doc_id), self.sparse.scores(question, doc_id)
+        )
         ids = np.argsort(-fused, kind="stable")[:k]
         return ids, fused[ids], fused
 
