@@ -47,6 +47,31 @@ def check_file(path: Path, settings: Settings) -> Path:
     return path
 
 
+def extract_file(path: Path, settings: Settings, password: str | None = None):
+    """pypdf/text extraction of `path` under the settings' limits (pages are refused before any is read)."""
+    from ingest.extract import extract
+
+    return extract(
+        path,
+        password=password,
+        max_pages=settings.max_pages,
+        max_chars=settings.max_chars,
+        max_seconds=settings.max_extract_seconds,
+    )
+
+
+def chunk_parsed(parsed) -> list[Chunk]:
+    """The document's chunks; EmptyDocumentError when no chunk holds a word-piece (e.g. only zero-width
+    or replacement characters)."""
+    from ingest.chunk import chunk_document
+    from ingest.errors import EmptyDocumentError
+
+    chunks = chunk_document(parsed)
+    if not any(c.n_tokens for c in chunks):
+        raise EmptyDocumentError(parsed.path, "no readable words to index")
+    return chunks
+
+
 def file_id(path: Path) -> str:
     """Content-hash document id: the same bytes give the same id, whatever the file is called."""
     digest = hashlib.sha256()
@@ -124,8 +149,6 @@ class DocQA:
         Raises:
             ingest.errors.IngestError (one-line message naming the file) for unreadable input.
         """
-        from ingest.extract import extract
-
         path = check_file(Path(path), self.settings)
         start = time.perf_counter()
         doc_id = file_id(path)
@@ -133,13 +156,7 @@ class DocQA:
             if self.store.has(doc_id):
                 return self._claim(doc_id, owner, start)
             t = time.perf_counter()
-            parsed = extract(  # limits are enforced while reading: pages before any page is read
-                path,
-                password=password,
-                max_pages=self.settings.max_pages,
-                max_chars=self.settings.max_chars,
-                max_seconds=self.settings.max_extract_seconds,
-            )
+            parsed = extract_file(path, self.settings, password)
             _tick(progress, "extract", parsed.n_pages)
             return self._index_and_store(doc_id, parsed, owner, progress, start, time.perf_counter() - t)
 
@@ -169,14 +186,9 @@ class DocQA:
         start: float,
         extract_seconds: float,
     ) -> IngestReport:
-        from ingest.chunk import chunk_document
-        from ingest.errors import EmptyDocumentError
-
         timings = {"extract": extract_seconds}
         t = time.perf_counter()
-        chunks = chunk_document(parsed)
-        if not any(c.n_tokens for c in chunks):  # e.g. only zero-width or replacement characters
-            raise EmptyDocumentError(parsed.path, "no readable words to index")
+        chunks = chunk_parsed(parsed)
         timings["chunk"] = time.perf_counter() - t
         _tick(progress, "chunk", len(chunks))
         return self._store_chunked(doc_id, parsed, chunks, timings, owner, progress, start)

@@ -135,25 +135,16 @@ def prepare_file(path: Path, doc_id: str, settings: Settings) -> PreparedFile:
 
     IngestErrors come back as their line: their two-argument __init__ does not survive pickling.
     """
-    from app.docqa import check_file
-    from ingest.chunk import chunk_document
-    from ingest.errors import EmptyDocumentError, IngestError
-    from ingest.extract import extract
+    from app.docqa import check_file, chunk_parsed, extract_file
+    from ingest.errors import IngestError
 
     try:
         check_file(path, settings)
         t = time.perf_counter()
-        parsed = extract(
-            path,
-            max_pages=settings.max_pages,
-            max_chars=settings.max_chars,
-            max_seconds=settings.max_extract_seconds,
-        )
+        parsed = extract_file(path, settings)
         timings = {"extract": time.perf_counter() - t}
         t = time.perf_counter()
-        chunks = chunk_document(parsed)
-        if not any(c.n_tokens for c in chunks):
-            raise EmptyDocumentError(parsed.path, "no readable words to index")
+        chunks = chunk_parsed(parsed)
         timings["chunk"] = time.perf_counter() - t
     except IngestError as err:
         return PreparedFile(str(path), doc_id, error=str(err))
