@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.engine import CACHE_FILE, QAEngine
+from app.engine import CACHE_PREFIX, QAEngine
 from app.settings import Settings, resolve_device
 from app.types import Answer, Evidence, IngestReport
 from ingest.errors import FileMissingError, LimitExceededError
@@ -223,16 +223,20 @@ class DocQA:
         timings["embed"] = time.perf_counter() - t
         if self.engine is not None:
             t = time.perf_counter()
-            artifacts[CACHE_FILE] = self.engine.build_cache(chunks, progress=_stage(progress, "bsbr")).save
+            cache = self.engine.build_cache(chunks, progress=_stage(progress, "bsbr"))
+            artifacts[self.engine.cache_file] = cache.save
             timings["bsbr"] = time.perf_counter() - t
         return artifacts
 
     def _bsbr_cache(self, doc_id: str):
-        """The document's BSBR cache; built now for documents stored before the weights were there."""
-        path = self.store.artifact_path(doc_id, CACHE_FILE)
+        """The document's BSBR cache made by the loaded model; built now for documents stored before these
+        weights were there (none, or another model's), whose stale caches are then removed."""
+        name = self.engine.cache_file
+        path = self.store.artifact_path(doc_id, name)
         if not path.exists():
             cache = self.engine.build_cache(self.store.chunks(doc_id))
-            self.store.put_artifact(doc_id, CACHE_FILE, cache.save)
+            self.store.put_artifact(doc_id, name, cache.save)
+            self.store.remove_artifacts(doc_id, f"{CACHE_PREFIX}*", keep=name)
         return self.engine.cache(doc_id, path)
 
     @staticmethod

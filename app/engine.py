@@ -8,6 +8,7 @@ reader without a cache, so the comparison isolates retrieval.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from collections import OrderedDict
@@ -23,7 +24,7 @@ from model.minilm import load_tokenizer
 from model.qa import DocQAModel, best_spans, question_rows, reader_rows
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "qa_model"
-CACHE_FILE = "bsbr_cache.safetensors"
+CACHE_PREFIX = "bsbr_cache"  # a stored document's BSBR cache: bsbr_cache.<model fingerprint>.safetensors
 CHUNK_TOKENS = 256
 
 
@@ -40,11 +41,20 @@ class Reading:
     char_end: int
 
 
+def model_fingerprint(folder: Path) -> str:
+    """First 16 hex digits of the SHA-256 of the delta weights and config.json."""
+    digest = hashlib.sha256()
+    for name in ("delta.safetensors", "config.json"):
+        digest.update((Path(folder) / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 class QAEngine:
     """Thread-safe wrapper of DocQAModel for the app (inference mode, LoRA merged, fp16 caches on GPU)."""
 
     def __init__(self, folder: Path, device: str = "cpu", cached_documents: int = 4) -> None:
         self.device = torch.device(device)
+        self.fingerprint = model_fingerprint(folder)
         self.model = DocQAModel.from_pretrained(folder).to(self.device)
         self.config = self.model.config
         self.tokenizer = load_tokenizer()
@@ -60,6 +70,12 @@ class QAEngine:
         if not (folder / "delta.safetensors").exists():
             return None
         return cls(folder, device)
+
+    @property
+    def cache_file(self) -> str:
+        """The artifact name of a document's cache made by this model: a cache made by other weights
+        (an older model) has another name, so it is never read as this model's."""
+        return f"{CACHE_PREFIX}.{self.fingerprint}.safetensors"
 
     @property
     def abstain_threshold(self) -> float:

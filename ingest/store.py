@@ -2,7 +2,7 @@
 
 Layout under `home` (DOCQA_HOME, default ~/.cache/bsbr-docqa):
     store.sqlite3           documents, chunks, owners (who may see a document), format version
-    docs/<doc_id>/          arrays of one document (faiss.index, bsbr_cache.safetensors, ...)
+    docs/<doc_id>/          arrays of one document (faiss.index, bsbr_cache.<model>.safetensors, ...)
     tmp/                    staging area; anything left here after a crash is deleted at open
 
 A document becomes visible only when its SQLite transaction commits, and that happens after its
@@ -191,6 +191,16 @@ class DocumentStore:
 
     def artifact_path(self, doc_id: str, name: str) -> Path:
         return self.docs_dir / doc_id / name
+
+    def remove_artifacts(self, doc_id: str, pattern: str, keep: str) -> list[str]:
+        """Delete the artifact files of a document that match the glob `pattern`, except `keep`.
+
+        Returns the names deleted."""
+        with self._lock:
+            stale = [p for p in (self.docs_dir / doc_id).glob(pattern) if p.name != keep]
+            for path in stale:
+                path.unlink(missing_ok=True)
+        return sorted(p.name for p in stale)
 
     def list(self, owner: str | None = None) -> list[DocumentInfo]:
         """Documents visible to `owner` (all documents when owner is None), oldest first."""

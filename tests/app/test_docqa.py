@@ -183,3 +183,38 @@ def test_bsbr_rerank_weight_blends_retrieval_into_the_evidence_order(tmp_path):
     [answer] = qa.ask(question, docs=[doc], methods=("bsbr",), top_k=qa.read_k)
     scores = [e.score for e in answer.evidence]
     assert scores == sorted(scores, reverse=True)  # weight 0: the reader's has-answer score alone
+
+
+def test_new_weights_rebuild_stored_caches_and_remove_the_stale_ones(tmp_path, monkeypatch):
+    import shutil
+
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from model.encoder import DocumentCache
+
+    text = "\n\n".join(f"Island {i}: the ferry to island {i} leaves at {i + 5}. " * 5 for i in range(12))
+    question = "When does the ferry to island 7 leave?"
+    shipped = DocQA(home=tmp_path / "home", device="cpu")
+    doc = shipped.add_text(text, title="ferries").doc_id
+    old_name = shipped.engine.cache_file
+    old_cache = DocumentCache.load(shipped.store.artifact_path(doc, old_name))
+    # Other weights (as after a model update): the shipped delta with one LoRA factor of layer 0 changed.
+    other = tmp_path / "model"
+    shutil.copytree(ROOT / "assets" / "qa_model", other)
+    with safe_open(str(other / "delta.safetensors"), framework="pt") as f:
+        metadata = f.metadata()
+    delta = load_file(other / "delta.safetensors")
+    key = next(k for k in sorted(delta) if k.startswith("encoder.layers.0.") and k.endswith("lora_b"))
+    delta[key] = (delta[key].float() * 3).to(delta[key].dtype)
+    save_file(delta, other / "delta.safetensors", metadata=metadata)
+    monkeypatch.setenv("DOCQA_MODEL_DIR", str(other))
+    updated = DocQA(home=tmp_path / "home", device="cpu")
+    assert updated.engine.cache_file != old_name
+    [answer] = updated.ask(question, docs=[doc], methods=("bsbr",))
+    assert answer.evidence  # answered from a cache of the new weights, built on first use
+    folder = updated.store.artifact_path(doc, "x").parent
+    assert sorted(p.name for p in folder.glob("bsbr_cache*")) == [updated.engine.cache_file]
+    new_cache = DocumentCache.load(updated.store.artifact_path(doc, updated.engine.cache_file))
+    assert not torch.equal(new_cache.states[-1], old_cache.states[-1])  # the old one was stale

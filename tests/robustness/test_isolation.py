@@ -115,7 +115,7 @@ def test_web_clients_cannot_claim_the_cli_or_sample_owner() -> None:
 # Files on disk: only the app's own names under DOCQA_HOME
 
 _STORE_FILE = re.compile(
-    r"store\.sqlite3(-wal|-shm)?|store\.lock|docs/[0-9a-f]{16}/(faiss\.index|bsbr_cache\.safetensors)"
+    r"store\.sqlite3(-wal|-shm)?|store\.lock|docs/[0-9a-f]{16}/(faiss\.index|bsbr_cache\.[0-9a-f]{16}\.safetensors)"
 )
 
 
