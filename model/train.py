@@ -107,31 +107,86 @@ def step_loss(
     gold = docs.q_chunk[batch].to(device) - first
     retrieval_loss = F.cross_entropy(scores.float(), gold)
     n_read = len(batch) if n_read is None else min(n_read, len(batch))
-    batch, q_tokens, gold = batch[:n_read], q_tokens[:n_read], gold[:n_read]
+    gold = gold[:n_read]
     wrong = scores[:n_read].detach().float().scatter(1, gold[:, None], -math.inf)
     hard = wrong.argmax(1).tolist()
     negatives = [
         h if rng.random() < 0.5 else rng.choice([c for c in range(ids.shape[0]) if c != gl])
         for h, gl in zip(hard, gold.tolist(), strict=True)
     ]
-    passages = [docs.passage_tokens(first + c) for c in gold.tolist()] + [
-        docs.passage_tokens(first + c) for c in negatives
-    ]
+    span_loss = reader_loss(
+        model, docs, batch[:n_read], [first + c for c in negatives], cache, device, q_tokens[:n_read]
+    )
+    loss = span_loss + retrieval_loss
+    return loss, {"span": span_loss.item(), "retrieval": retrieval_loss.item()}
+
+
+def reader_loss(
+    model: DocQAModel,
+    docs: Documents,
+    batch: list[int],
+    negatives: list[int],
+    cache,
+    device,
+    q_tokens: list[list[int]] | None = None,
+):
+    """Span loss of reader rows for each question's gold chunk (target: the answer span, or [CLS] when
+    the answer is not inside it) and for its negative chunk (global index; target [CLS], "not here"),
+    reading against `cache` (None: no document cache)."""
+    if q_tokens is None:
+        q_tokens = [docs.question_tokens(q) for q in batch]
+    passages = [docs.passage_tokens(int(docs.q_chunk[q])) for q in batch]
+    passages += [docs.passage_tokens(c) for c in negatives]
     r_ids, r_mask, r_types, offsets = reader_rows(q_tokens + q_tokens, passages, CLS_ID, SEP_ID, device)
     start, end = model.read(r_ids, r_mask, r_types, cache)
     B = len(batch)
     off = torch.tensor(offsets[:B], device=device)
     s_pos, e_pos = docs.q_start[batch].to(device), docs.q_end[batch].to(device)
     has_span = s_pos >= 0
-    t_start = torch.cat(
-        [torch.where(has_span, off + s_pos, 0), torch.zeros(B, dtype=torch.long, device=device)]
-    )
-    t_end = torch.cat(
-        [torch.where(has_span, off + e_pos, 0), torch.zeros(B, dtype=torch.long, device=device)]
-    )
-    span_loss = (F.cross_entropy(start, t_start) + F.cross_entropy(end, t_end)) / 2
-    loss = span_loss + retrieval_loss
-    return loss, {"span": span_loss.item(), "retrieval": retrieval_loss.item()}
+    none = torch.zeros(B, dtype=torch.long, device=device)
+    t_start = torch.cat([torch.where(has_span, off + s_pos, 0), none])
+    t_end = torch.cat([torch.where(has_span, off + e_pos, 0), none])
+    return (F.cross_entropy(start, t_start) + F.cross_entropy(end, t_end)) / 2
+
+
+NEAR = 8  # a reader-phase negative is, half of the time, within NEAR chunks of the gold one
+
+
+class ReaderPlan:
+    """Reader-phase batches (--reader-steps): questions and negatives of reader-only step s.
+
+    Step s draws a global batch of --reader-questions questions of the training documents from
+    Random(f"{seed}/reader/{s}"), each with one negative chunk of its document: half of the time within
+    NEAR chunks of the gold one (mostly the same article, a hard "not here"), else anywhere in it. Rank r
+    of N reads every N-th pair, so the averaged gradient is the same whatever N is.
+    """
+
+    def __init__(self, docs: Documents, args: argparse.Namespace, rank: int, world: int) -> None:
+        self.docs, self.rank, self.world = docs, rank, world
+        self.seed, self.size = args.seed, args.reader_questions
+        train_docs = [g for g, v in enumerate(docs.is_val) if not v]
+        self.pool = [q for g in train_docs for q in docs.questions_of[g]]
+        if self.size % world or not 0 < self.size <= len(self.pool):
+            raise ValueError(
+                f"--reader-questions {self.size} must be a multiple of the {world} ranks and at most "
+                f"{len(self.pool)} (the training questions)"
+            )
+        short = [g for g in train_docs if docs.ranges[g][1] - docs.ranges[g][0] < 2]
+        if short:
+            raise ValueError(f"training documents {short[:5]} have fewer than 2 chunks: no negatives")
+
+    def __call__(self, step: int) -> tuple[list[int], list[int]]:
+        """(questions, their negative chunks as global indexes) for this rank."""
+        rng = random.Random(f"{self.seed}/reader/{step}")
+        questions = rng.sample(self.pool, self.size)
+        negatives = []
+        for q in questions:
+            a, b = self.docs.ranges[int(self.docs.q_doc[q])]
+            gold = int(self.docs.q_chunk[q])
+            lo, hi = (max(a, gold - NEAR), min(b, gold + NEAR + 1)) if rng.random() < 0.5 else (a, b)
+            n = rng.randrange(lo, hi - 1)  # one of the hi - lo - 1 chunks other than the gold one
+            negatives.append(n + (n >= gold))
+        return questions[self.rank :: self.world], negatives[self.rank :: self.world]
 
 
 @torch.no_grad()
@@ -179,6 +234,25 @@ def rank_and_read(
     return {k: torch.cat(v) for k, v in out.items()}
 
 
+@torch.no_grad()
+def gold_exact(
+    model: DocQAModel, docs: Documents, questions: list[int], device, batch: int = 128
+) -> list[float]:
+    """The reader alone on each question's gold chunk (no document cache): 1.0 where its best span is
+    exactly the answer's tokens. Questions whose answer is not inside one chunk are left out."""
+    questions = [q for q in questions if docs.q_start[q] >= 0]
+    hits = []
+    for i in range(0, len(questions), batch):
+        qs = questions[i : i + batch]
+        passages = [docs.passage_tokens(int(docs.q_chunk[q])) for q in qs]
+        q_tokens = [docs.question_tokens(q) for q in qs]
+        r_ids, r_mask, r_types, offsets = reader_rows(q_tokens, passages, CLS_ID, SEP_ID, device)
+        start, end = model.read(r_ids, r_mask, r_types, None)
+        _, s, e = best_spans(start, end, offsets, [len(p) for p in passages], model.config.max_answer_tokens)
+        hits += ((s.cpu() == docs.q_start[qs]) & (e.cpu() == docs.q_end[qs])).float().tolist()
+    return hits
+
+
 RERANK_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0)  # of the retrieval log-probability, tried by validate()
 
 
@@ -190,16 +264,17 @@ def pick(read: dict[str, torch.Tensor], weight: float) -> dict[str, torch.Tensor
 
 
 def validate(model: DocQAModel, docs: Documents, device, limit: int = 2000, seed: int = 0) -> dict:
-    """On held-out docs: retrieval recall; the rerank weight (of RERANK_WEIGHTS) of best reranked
-    recall@1; with it, span exact match, the abstention threshold (2nd percentile of the has-answer
-    scores of exactly right answers) and the abstention rates that threshold gives."""
+    """On held-out docs: retrieval recall; the reader's exact span match on the gold chunks; the rerank
+    weight (of RERANK_WEIGHTS) of best reranked recall@1; with it, span exact match, the abstention
+    threshold (2nd percentile of the has-answer scores of exactly right answers) and the abstention
+    rates that threshold gives."""
     model.eval()
     rng = random.Random(seed)
     val_docs = [g for g, v in enumerate(docs.is_val) if v]
     questions = {g: docs.questions_of[g] for g in val_docs}
     total = sum(len(q) for q in questions.values())
     stats: dict[str, list[float]] = {}
-    reads, unanswerable_reads, golds = [], [], []
+    reads, unanswerable_reads, golds, gold_hits = [], [], [], []
     for g in val_docs:
         qs = questions[g]
         qs = rng.sample(qs, min(len(qs), max(1, limit * len(qs) // total)))
@@ -209,6 +284,7 @@ def validate(model: DocQAModel, docs: Documents, device, limit: int = 2000, seed
             hit = (read["ranking"][:, :k] == gold[:, None]).any(1).float()
             stats.setdefault(f"retrieval_recall@{k}", []).extend(hit.tolist())
         reads.append(read)
+        gold_hits += gold_exact(model, docs, qs, device)
         golds.append((gold, docs.q_start[qs], docs.q_end[qs]))
         other = next(h for h in range(len(docs.ranges)) if not docs.is_val[h])  # unrelated articles
         unanswerable_reads.append(rank_and_read(model, docs, other, qs, device))
@@ -232,6 +308,7 @@ def validate(model: DocQAModel, docs: Documents, device, limit: int = 2000, seed
         correct_scores += best["reader"][exact].tolist()
     unanswerable = [s for r in unanswerable_reads for s in pick(r, weight)["reader"].tolist()]
     result["span_exact"] = round(sum(exact_all) / len(exact_all), 4)
+    result["gold_span_exact"] = round(sum(gold_hits) / max(1, len(gold_hits)), 4)
     threshold = float(torch.tensor(correct_scores).quantile(0.02)) if correct_scores else -math.inf
     result["abstain_threshold"] = round(threshold, 4) if math.isfinite(threshold) else None
     result["abstain_answerable"] = round(sum(s < threshold for s in answerable) / len(answerable), 4)
@@ -241,8 +318,11 @@ def validate(model: DocQAModel, docs: Documents, device, limit: int = 2000, seed
     return result
 
 
-def save_checkpoint(model: DocQAModel, opt: torch.optim.Optimizer, step: int, folder: Path) -> None:
-    """Trainable weights + Adam moments as safetensors (no pickle), step in the metadata."""
+def save_checkpoint(
+    model: DocQAModel, opt: torch.optim.Optimizer, step: int, folder: Path, reader_step: int = 0
+) -> None:
+    """Trainable weights + Adam moments as safetensors (no pickle); the joint steps and the reader-phase
+    steps done in the metadata."""
     tensors = {f"param.{n}": p.detach() for n, p in model.named_parameters() if p.requires_grad}
     names = {id(p): n for n, p in model.named_parameters()}
     for group in opt.param_groups:
@@ -251,18 +331,21 @@ def save_checkpoint(model: DocQAModel, opt: torch.optim.Optimizer, step: int, fo
                 if torch.is_tensor(value) and value.dim() > 0:
                     tensors[f"opt.{key}.{names[id(p)]}"] = value
     tmp = folder / "checkpoint.safetensors.tmp"
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"step": str(step)})
+    metadata = {"step": str(step), "reader_step": str(reader_step)}
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
     tmp.replace(folder / "checkpoint.safetensors")
 
 
-def load_checkpoint(model: DocQAModel, opt: torch.optim.Optimizer, folder: Path) -> int:
+def load_checkpoint(model: DocQAModel, opt: torch.optim.Optimizer, folder: Path) -> tuple[int, int]:
+    """Restore a checkpoint of `folder` if there is one: (joint steps, reader-phase steps) done."""
     path = folder / "checkpoint.safetensors"
     if not path.exists():
-        return 0
+        return 0, 0
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
-        step = int(f.metadata()["step"])
+        meta = f.metadata()
+    step, reader_step = int(meta["step"]), int(meta.get("reader_step", 0))
     tensors = load_file(str(path))
     params = dict(model.named_parameters())
     with torch.no_grad():
@@ -272,11 +355,11 @@ def load_checkpoint(model: DocQAModel, opt: torch.optim.Optimizer, folder: Path)
     for name, p in params.items():
         if f"opt.exp_avg.{name}" in tensors:
             opt.state[p] = {
-                "step": torch.tensor(float(step)),
+                "step": torch.tensor(float(step + reader_step)),
                 "exp_avg": tensors[f"opt.exp_avg.{name}"].to(p.device),
                 "exp_avg_sq": tensors[f"opt.exp_avg_sq.{name}"].to(p.device),
             }
-    return step
+    return step, reader_step
 
 
 def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
@@ -297,6 +380,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=None,
         help="questions per document for the retrieval loss (default: --questions-per-step); the first "
         "--questions-per-step of them also train the reader",
+    )
+    p.add_argument(
+        "--reader-steps",
+        type=int,
+        default=0,
+        help="first train the reader alone for this many steps (no document pass: cheap, many updates)",
+    )
+    p.add_argument(
+        "--reader-questions", type=int, default=64, help="questions per reader-phase step, over all ranks"
     )
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup", type=int, default=100)
@@ -418,17 +510,19 @@ def train(model: DocQAModel, docs: Documents, args: argparse.Namespace) -> dict:
         out.mkdir(parents=True, exist_ok=True)
     params = model.trainable_parameters()
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
-    step = load_checkpoint(model, opt, out)
+    step, reader_step = load_checkpoint(model, opt, out)
+    log = (out / "log.jsonl").open("a") if rank == 0 else None
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    start_time = time.time()
+    model.train()
+    if step == 0 and reader_step < args.reader_steps:
+        reader_step = _reader_phase(model, opt, docs, args, reader_step, autocast, device, log, start_time)
     plan = StepPlan(docs, args, rank, world)
     step_fn = StepLoss(model)
     if world > 1:
         step_fn = DistributedDataParallel(
             step_fn, device_ids=[device.index] if device.type == "cuda" else None
         )
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    start_time = time.time()
-    log = (out / "log.jsonl").open("a") if rank == 0 else None
-    model.train()
     fit_start, first_step = 0.0, step
     args.cap_steps = getattr(args, "cap_steps", args.steps)  # --steps: what --fit-minutes never exceeds
     while step < args.steps:
@@ -451,7 +545,7 @@ def train(model: DocQAModel, docs: Documents, args: argparse.Namespace) -> dict:
                 print(json.dumps(row), flush=True)
                 log.write(json.dumps(row) + "\n")
         if step % args.save_every == 0 and rank == 0:
-            save_checkpoint(model, opt, step, out)
+            save_checkpoint(model, opt, step, out, reader_step)
         done = step - first_step
         if done == FIT_FIRST:
             fit_start = time.time() - start_time
@@ -464,11 +558,57 @@ def train(model: DocQAModel, docs: Documents, args: argparse.Namespace) -> dict:
             if rank == 0:
                 print(f"stopping at step {step}: --max-minutes reached", flush=True)
             break
-    metrics = _finish(model, opt, docs, args, step, start_time, autocast, device) if rank == 0 else {}
+    metrics = (
+        _finish(model, opt, docs, args, step, reader_step, start_time, autocast, device) if rank == 0 else {}
+    )
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
     return metrics
+
+
+def _reader_phase(
+    model: DocQAModel, opt, docs: Documents, args, reader_step: int, autocast, device, log, start_time: float
+) -> int:
+    """--reader-steps of the reader alone (rows without a document cache, so no document pass), before
+    the joint steps: many cheap updates of the span reader. Several ranks average their gradients with
+    an all-reduce (the reader leaves the retrieval weights without gradients, which DDP would reject).
+    Returns the reader steps done (fewer if --max-minutes ran out)."""
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    plan = ReaderPlan(docs, args, rank, world)
+    params = model.trainable_parameters()
+    out = Path(args.out)
+    while reader_step < args.reader_steps:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(reader_step, args.reader_steps, args.lr, args.warmup)
+        opt.zero_grad(set_to_none=True)
+        questions, negatives = plan(reader_step)
+        with autocast:
+            loss = reader_loss(model, docs, questions, negatives, None, device)
+        loss.backward()
+        span = loss.detach().float().reshape(1)
+        if world > 1:
+            for p in params:
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= world
+            dist.all_reduce(span)
+            span /= world
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        reader_step += 1
+        if (reader_step % args.log_every == 0 or reader_step == 1) and log is not None:
+            row = {"reader_step": reader_step, "span": round(span.item(), 4), "lr": opt.param_groups[0]["lr"]}
+            row["seconds"] = round(time.time() - start_time, 1)
+            print(json.dumps(row), flush=True)
+            log.write(json.dumps(row) + "\n")
+        done = reader_step == args.reader_steps or _out_of_time(args, start_time, world, device)
+        if rank == 0 and (reader_step % args.save_every == 0 or done):
+            save_checkpoint(model, opt, 0, out, reader_step)
+        if done:
+            break
+    return reader_step
 
 
 def _accumulate(
@@ -515,10 +655,10 @@ def _out_of_time(args: argparse.Namespace, start_time: float, world: int, device
     return bool(stop.item())
 
 
-def _finish(model, opt, docs, args, step: int, start_time: float, autocast, device) -> dict:
+def _finish(model, opt, docs, args, step: int, reader_step: int, start_time: float, autocast, device) -> dict:
     """Rank 0: last checkpoint, validation + abstention threshold, the delta and metrics.json."""
     out = Path(args.out)
-    save_checkpoint(model, opt, step, out)
+    save_checkpoint(model, opt, step, out, reader_step)
     metrics: dict = {}
     if args.val_questions > 0:
         with autocast:
@@ -526,8 +666,9 @@ def _finish(model, opt, docs, args, step: int, start_time: float, autocast, devi
         if metrics["abstain_threshold"] is not None:
             model.config.abstain_threshold = metrics["abstain_threshold"]
         model.config.rerank_retrieval_weight = metrics["rerank_retrieval_weight"]
-    metrics |= {"steps": step, "train_seconds": round(time.time() - start_time, 1)}
-    model.save_delta(out / "model", metadata={"steps": step, "seed": args.seed})
+    metrics |= {"steps": step, "reader_steps": reader_step}
+    metrics["train_seconds"] = round(time.time() - start_time, 1)
+    model.save_delta(out / "model", metadata={"steps": step, "reader_steps": reader_step, "seed": args.seed})
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(json.dumps({"validation": metrics}), flush=True)
     return metrics

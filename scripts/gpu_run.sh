@@ -2,6 +2,7 @@
 # Runs on the GPU machine (the `device` tool), from the repo root, with .carry (and .whl) carried:
 #   bash scripts/gpu_run.sh tests bench smoke train eval-all eval-article book      # one GPU
 #   bash scripts/gpu_run.sh train-ddp | eval-par | train-scale | library ingest-scale  # all its GPUs
+# TRAIN_ARGS="--reader-steps 1200 --reader-questions 128 ..." adds the reader-only phase before the joint one.
 # Carry what the steps read: .carry/minilm always; .carry/train.safetensors.xz (training);
 # .carry/dev-v1.1.json.gz (evals, library); .carry/faiss_site.tar.xz and .whl (anything using app/);
 # .carry/pride_and_prejudice.txt (library).
@@ -55,9 +56,11 @@ for step in "$@"; do
              par 2 all_bm25 --group all --methods bm25,reader &
              (par 3 article --group article --methods bsbr,faiss,bm25 --unanswerable 300 \
                 --max-minutes "${ARTICLE_MINUTES:-5}"; book 3) &
-           else
-             (par 0 all_bsbr --group all --methods bsbr; book 0) &
-             par 1 all_rest --group all --methods faiss,bm25,reader &
+           else # BSBR_MINUTES (all) then ARTICLE_MINUTES (article) then the book on GPU 0; the rest on GPU 1
+             (par 0 all_bsbr --group all --methods bsbr --max-minutes "${BSBR_MINUTES:-4}"
+              par 0 article --group article --methods bsbr,faiss,bm25 --unanswerable 300 \
+                --max-minutes "${ARTICLE_MINUTES:-2}"; book 0) &
+             par 1 all_rest --group all --methods faiss,bm25,dense,reader &
            fi
            wait; tail -n 8 "$OUT"/eval_*.log "$OUT/book.log" ;;
     eval-article) DOCQA_HOME=/tmp/home DOCQA_MODEL_DIR=${MODEL_DIR:-assets/qa_model} timeout 560 python3 -m app eval \

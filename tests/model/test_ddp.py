@@ -8,11 +8,12 @@ import os
 import socket
 from pathlib import Path
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from model.train import Documents, StepPlan, parse_args, train
+from model.train import NEAR, Documents, ReaderPlan, StepPlan, parse_args, train
 from tests.model.test_qa import synthetic_documents, tiny_model
 
 N_DOCS = 4
@@ -27,6 +28,7 @@ def _args(out: Path, docs_per_step: int):
         ["--out", str(out), "--steps", "3", "--docs-per-step", str(docs_per_step)]
         + ["--questions-per-step", "4", "--lr", "5e-3", "--warmup", "1", "--val-questions", "0"]
         + ["--log-every", "1", "--save-every", "100", "--device", "cpu"]
+        + ["--reader-steps", "2", "--reader-questions", "8"]  # the reader phase's all-reduce too
     )
 
 
@@ -64,6 +66,27 @@ def test_ranks_split_each_steps_documents_and_questions_like_one_process():
     assert all(len(batch) == 6 for _, batch, _ in more(0))  # retrieval questions; the first 4 are read
 
 
+def test_reader_phase_batches_split_over_ranks_with_in_document_negatives():
+    docs = Documents(synthetic_documents(n_docs=N_DOCS))
+    args = parse_args(["--reader-questions", "8"])
+    one = ReaderPlan(docs, args, rank=0, world=1)
+    ranks = [ReaderPlan(docs, args, rank=r, world=2) for r in range(2)]
+    near = 0
+    for step in range(20):
+        questions, negatives = one(step)
+        assert len(questions) == 8 and len(set(questions)) == 8
+        pairs = [pair for plan in ranks for pair in zip(*plan(step), strict=True)]
+        assert sorted(pairs) == sorted(zip(questions, negatives, strict=True))  # the same, split
+        for q, n in zip(questions, negatives, strict=True):
+            a, b = docs.ranges[int(docs.q_doc[q])]
+            assert a <= n < b and n != int(docs.q_chunk[q])  # another chunk of the same document
+            near += abs(n - int(docs.q_chunk[q])) <= NEAR
+    assert near == 160  # 6-chunk documents: every negative is near
+    assert one(3) != one(4) and one(3) == ReaderPlan(docs, args, 0, 1)(3)  # seeded per step
+    with pytest.raises(ValueError, match="multiple of the 3 ranks"):
+        ReaderPlan(docs, args, 0, 3)
+
+
 def test_two_gloo_ranks_train_the_same_weights_as_one_process(tmp_path, monkeypatch):
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
@@ -87,9 +110,9 @@ def test_two_gloo_ranks_train_the_same_weights_as_one_process(tmp_path, monkeypa
             continue
         torch.testing.assert_close(ddp[key], single[key], rtol=1e-5, atol=1e-6, msg=key)
     logs = [[json.loads(line) for line in (tmp_path / run / "log.jsonl").open()] for run in ("one", "ddp")]
-    assert [r["step"] for r in logs[1]] == [1, 2, 3]  # only rank 0 logs
+    assert [r.get("reader_step", r.get("step")) for r in logs[1]] == [1, 2, 1, 2, 3]  # only rank 0 logs
     for a, b in zip(*logs, strict=True):
-        assert abs(a["loss"] - b["loss"]) < 1e-3
+        assert abs(a["span"] - b["span"]) < 1e-3
 
 
 def test_fit_minutes_sets_the_step_count_from_measured_speed(tmp_path, monkeypatch):

@@ -1,3 +1,4 @@
+import json
 import math
 import random
 
@@ -186,6 +187,7 @@ def test_validate_picks_a_rerank_weight_and_calibrates_with_it():
     assert set(by_weight) == {str(w) for w in RERANK_WEIGHTS}
     assert result["reranked_recall@1"] == max(by_weight.values())
     assert result["questions"] == 8 and 0 <= result["abstain_unanswerable"] <= 1
+    assert 0 <= result["gold_span_exact"] <= 1
     # pick(): the weight trades the reader's score against retrieval's log-probability
     read = {
         "chunk": torch.tensor([[5, 7]]),
@@ -195,3 +197,37 @@ def test_validate_picks_a_rerank_weight_and_calibrates_with_it():
         "end": torch.tensor([[1, 2]]),
     }
     assert pick(read, 0.0)["chunk"].item() == 7 and pick(read, 1.0)["chunk"].item() == 5
+
+
+def test_reader_phase_trains_the_reader_alone_then_resumes_with_the_joint_steps(tmp_path, monkeypatch):
+    from model.train import gold_exact, parse_args, train
+
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+
+    def args(steps: int):
+        return parse_args(
+            ["--out", str(tmp_path), "--steps", str(steps), "--reader-steps", "60", "--reader-questions", "8"]
+            + ["--questions-per-step", "4", "--lr", "5e-3", "--warmup", "1", "--val-questions", "0"]
+            + ["--log-every", "1", "--save-every", "1000", "--device", "cpu"]
+        )
+
+    model = tiny_model(rank=4)
+    retrieval = {n: p.detach().clone() for n, p in model.named_parameters() if "meta_" in n}
+    assert retrieval
+    metrics = train(model, Documents(synthetic_documents()), args(0))
+    assert metrics["reader_steps"] == 60 and metrics["steps"] == 0
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").open()]
+    spans = [r["span"] for r in rows if "reader_step" in r]
+    assert len(spans) == 60 and sum(spans[-5:]) < 0.5 * sum(spans[:5])
+    docs = Documents(synthetic_documents())
+    hits = gold_exact(model.eval(), docs, list(range(len(docs.q_ids))), torch.device("cpu"))
+    assert len(hits) == 16 and sum(hits) >= 14  # the reader learnt to find the answer token
+    for name, p in model.named_parameters():
+        if name in retrieval:  # no document cache is read: block retrieval's weights stay as they were
+            assert torch.equal(p.detach(), retrieval[name]), name
+    # Resuming from the checkpoint: the reader phase is done, only the joint steps run.
+    metrics = train(tiny_model(rank=4), Documents(synthetic_documents()), args(3))
+    assert metrics["reader_steps"] == 60 and metrics["steps"] == 3
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").open()][len(rows) :]
+    assert [r["step"] for r in rows] == [1, 2, 3] and all("reader_step" not in r for r in rows)
