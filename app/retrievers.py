@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 from collections.abc import Callable
 
@@ -23,6 +24,19 @@ FAISS_FILE = "faiss.index"
 ProgressFn = Callable[[int, int], None]
 
 log = logging.getLogger(__name__)
+
+
+def import_bm25s():
+    """bm25s, imported so that it leaves the GPU alone.
+
+    Where JAX is installed, bm25s runs a JAX op at import (its top-k backend), and JAX then claims 75% of
+    every GPU's memory for itself. BM25 here never uses JAX, so JAX is kept on the CPU (JAX_PLATFORMS=cpu)
+    unless the environment already chose its platforms.
+    """
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import bm25s
+
+    return bm25s
 
 
 class FaissRetriever:
@@ -110,8 +124,7 @@ class Bm25Retriever:
 
     @functools.lru_cache(maxsize=16)  # noqa: B019 - one retriever per app; bounded cache of small indexes
     def _index(self, doc_id: str):
-        import bm25s
-
+        bm25s = import_bm25s()
         texts = [c.text for c in self.store.chunks(doc_id)]
         tokens = bm25s.tokenize(texts, stopwords="en", show_progress=False)
         if not tokens.vocab:  # only one-letter words or stop words: bm25s cannot index it, nothing matches
@@ -127,8 +140,7 @@ class Bm25Retriever:
 
     def scores(self, question: str, doc_id: str) -> np.ndarray:
         """BM25 score of every chunk [n] (0 where no query word occurs)."""
-        import bm25s
-
+        bm25s = import_bm25s()
         index = self._index(doc_id)
         query = bm25s.tokenize([question], stopwords="en", show_progress=False, return_ids=False)[0]
         scores = np.zeros(0, np.float32)

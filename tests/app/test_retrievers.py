@@ -148,3 +148,16 @@ def test_the_faiss_method_fuses_dense_and_bm25_ranks(retriever, tmp_path):
     np.testing.assert_allclose(scores, every[ids], rtol=1e-6)
     assert dense_ids.tolist().index(news) == len(chunks) - 1  # dense alone: last
     assert ids.tolist().index(news) < len(chunks) - 1  # fused: lifted by its keyword rank
+
+
+def test_bm25s_is_imported_with_jax_kept_off_the_gpu(monkeypatch):
+    import os
+
+    from app.retrievers import import_bm25s
+
+    monkeypatch.delenv("JAX_PLATFORMS", raising=False)
+    assert import_bm25s().BM25 is not None
+    assert os.environ["JAX_PLATFORMS"] == "cpu"  # so JAX, if installed, claims no GPU memory
+    monkeypatch.setenv("JAX_PLATFORMS", "cuda")
+    import_bm25s()
+    assert os.environ["JAX_PLATFORMS"] == "cuda"  # a platform the environment chose stands
