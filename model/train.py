@@ -8,10 +8,13 @@ Each step reads one long training document (24 concatenated articles, ~750 chunk
 then a batch of its questions: a retrieval loss (cross-entropy of the question chunk's block-retrieval
 scores over all the document's chunks, gold = the chunk holding the answer) and a span loss on reader
 rows for the gold chunk and one in-document negative (the best-scoring wrong chunk, or a random one),
-whose target is [CLS] ("not here"). Only the delta trains: LoRA adapters, meta projections, gates, span
-head, retrieval temperature. Seeded; logs JSON lines; checkpoints (safetensors, no pickle) every
---save-every steps and resumes from --out when a checkpoint is there. At the end it validates on the
-held-out articles, calibrates the abstention threshold and writes the delta to --out/model.
+whose target is [CLS] ("not here"). With --reader-steps N, N cheaper steps of the reader alone come first
+(gold chunk and one in-document negative per question, no document pass, no cache): run 4 found the
+reader under-trained by the joint steps alone (F1 75.3 -> 78.8 on dev gold chunks). Only the delta
+trains: LoRA adapters, meta projections, gates, span head, retrieval temperature. Seeded; logs JSON
+lines; checkpoints (safetensors, no pickle) every --save-every steps and resumes from --out when a
+checkpoint is there. At the end it validates on the held-out articles, calibrates the abstention
+threshold and writes the delta to --out/model.
 
 Several GPUs (issue 6): `torchrun --nproc_per_node=N -m model.train ... --docs-per-step K` trains with
 DistributedDataParallel (NCCL on GPUs, gloo on CPU). A step then reads K documents (the global batch),
