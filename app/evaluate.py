@@ -4,7 +4,8 @@ Each document is ingested through the normal pipeline (DocQA.add_text / DocQA.ad
 is asked of its own document with each method. Gold passages are the chunks that hold a reference answer
 span (SQuAD) or the answer text (free-form JSONL). Reported per method: recall@1/5/20 of the final
 evidence ranking, retrieval_recall@1/5/20/50 of the retrieval stage alone, EM, F1, answer-in-evidence
-(a reference answer appears in the top-5 evidence), abstention rate, p50/p95 latency.
+(a reference answer appears in the top-5 evidence), abstention rate, p50/p95 latency. The result also
+records its setup: device, candidates read, the QA model's fingerprint (app/engine.py), seed, time box.
 
 The pseudo-method `reader` measures the trained span reader alone on gold passages: it reads only the
 chunk(s) holding the answer (no retrieval, no document cache, never abstains) and reports EM/F1.
@@ -260,6 +261,13 @@ def evaluate(
         "questions_total": len(jobs),
         "doc_tokens": doc_tokens,
         "ingest_seconds": {m: round(s, 3) for m, s in ingest_seconds.items()},
+        "setup": {  # what produced these numbers
+            "device": qa.device,
+            "read_k": qa.read_k,
+            "model": qa.engine.fingerprint if qa.engine is not None else None,
+            "seed": seed,
+            "max_minutes": max_minutes,
+        },
         "methods": {m: _summarise(r) for m, r in rows.items()},
     }
 
@@ -339,6 +347,11 @@ def format_table(result: dict) -> str:
             + " |"
         )
     lines.append("ingest seconds: " + ", ".join(f"{m} {s:.1f}" for m, s in result["ingest_seconds"].items()))
+    setup = result.get("setup")
+    if setup:
+        lines.append(
+            f"device {setup['device']}, {setup['read_k']} candidates read, model {setup['model'] or 'none'}"
+        )
     return "\n".join(lines)
 
 

@@ -128,6 +128,15 @@ def test_evaluate_end_to_end_with_known_answers(squad_file, tmp_path):
         assert row["answer_in_evidence"] == 1.0
         assert row["latency_ms_p95"] >= row["latency_ms_p50"] > 0
     assert "| bm25 |" in format_table(result)
+    assert result["setup"] == {
+        "device": "cpu",
+        "read_k": qa.read_k,
+        "model": qa.engine.fingerprint,  # which weights made the numbers
+        "seed": 0,
+        "max_minutes": None,
+    }
+    assert len(qa.engine.fingerprint) == 16
+    assert f"device cpu, {qa.read_k} candidates read, model {qa.engine.fingerprint}" in format_table(result)
 
 
 def test_reader_alone_reads_the_gold_passage_with_the_shipped_weights(squad_file, tmp_path):
