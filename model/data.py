@@ -8,6 +8,8 @@ line, so retrieval trains against hundreds of in-document distractor chunks. The
 articles of the shuffle form held-out documents (validation never touches the dev set). With
 `groupings` K > 1 the training articles are grouped K times, each time in another seeded order, so every
 article appears in K documents among different distractors (the held-out documents appear once).
+Several sizes (`--articles-per-doc 48,24`) give the K groupings sizes in turn, so that training sees
+documents of several lengths.
 
 Tensors (Q questions, M chunks, G documents, C = 256 chunk tokens, L = 63 question tokens):
     chunk_ids [M, C] int16   "[CLS] chunk [SEP]" padded with 0
@@ -24,6 +26,7 @@ import argparse
 import gzip
 import json
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -34,20 +37,29 @@ QUESTION_TOKENS = 63
 
 
 def group_articles(
-    articles: list[dict], articles_per_doc: int, val_articles: int, seed: int, groupings: int = 1
+    articles: list[dict],
+    articles_per_doc: int | Sequence[int],
+    val_articles: int,
+    seed: int,
+    groupings: int = 1,
 ):
-    """Yield (text, [(question, answer_char_start, answer_char_end)], is_val) per long document."""
+    """Yield (text, [(question, answer_char_start, answer_char_end)], is_val) per long document.
+
+    `articles_per_doc` may list several sizes: grouping k of the training articles then makes documents
+    of size k modulo the list (so documents of several lengths); the held-out documents use the first.
+    """
+    sizes = [articles_per_doc] if isinstance(articles_per_doc, int) else list(articles_per_doc)
     order = list(range(len(articles)))
     random.Random(seed).shuffle(order)
-    splits = [(order[:val_articles], True), (order[val_articles:], False)]
+    splits = [(order[:val_articles], True, sizes[0]), (order[val_articles:], False, sizes[0])]
     for k in range(1, groupings):  # the same training articles, regrouped
         regrouped = list(order[val_articles:])
         random.Random(f"{seed}/grouping/{k}").shuffle(regrouped)
-        splits.append((regrouped, False))
-    for ids, is_val in splits:
-        for g in range(0, len(ids), articles_per_doc):
+        splits.append((regrouped, False, sizes[k % len(sizes)]))
+    for ids, is_val, size in splits:
+        for g in range(0, len(ids), size):
             parts, qas, offset = [], [], 0
-            for a in ids[g : g + articles_per_doc]:
+            for a in ids[g : g + size]:
                 for para in articles[a]["paragraphs"]:
                     for qa in para["qas"]:
                         ans = qa["answers"][0]
@@ -69,7 +81,7 @@ def _answer_tokens(offsets: list[tuple[int, int]], start: int, end: int) -> tupl
 
 def build(
     squad_path: Path,
-    articles_per_doc: int = 24,
+    articles_per_doc: int | Sequence[int] = 24,
     val_articles: int = 24,
     seed: int = 0,
     max_articles: int | None = None,
@@ -119,11 +131,23 @@ def build(
     }
 
 
+def _sizes(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--squad", default="../shared/data/squad-v1.1/train-v1.1.json.gz")
     parser.add_argument("--out", default=".carry/train.safetensors")
-    parser.add_argument("--articles-per-doc", type=int, default=24)
+    parser.add_argument(
+        "--articles-per-doc",
+        type=_sizes,
+        default=[24],
+        help="articles per document; several (e.g. 48,24) give grouping k the k-th size, cyclically",
+    )
     parser.add_argument("--val-articles", type=int, default=24)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-articles", type=int, default=None, help="use only the first N (tests)")
@@ -131,7 +155,7 @@ def main() -> None:
         "--groupings", type=int, default=1, help="group the training articles this many times (other orders)"
     )
     args = parser.parse_args()
-    if args.groupings < 1 or args.articles_per_doc < 1 or args.val_articles < 0:
+    if args.groupings < 1 or min(args.articles_per_doc) < 1 or args.val_articles < 0:
         parser.error("--groupings and --articles-per-doc must be at least 1, --val-articles at least 0")
     data = build(
         Path(args.squad),
