@@ -519,7 +519,9 @@ def train(model: DocQAModel, docs: Documents, args: argparse.Namespace) -> dict:
     start_time = time.time()
     model.train()
     if step == 0 and reader_step < args.reader_steps:
-        reader_step = _reader_phase(model, opt, docs, args, reader_step, autocast, device, log, start_time)
+        reader_step = _reader_phase(
+            model, opt, docs, args, reader_step, (rank, world), autocast, device, log, start_time
+        )
     plan = StepPlan(docs, args, rank, world)
     step_fn = StepLoss(model)
     if world > 1:
@@ -542,11 +544,7 @@ def train(model: DocQAModel, docs: Documents, args: argparse.Namespace) -> dict:
             if world > 1:
                 dist.all_reduce(totals)
             loss, span, retrieval = (round(v, 4) for v in totals.tolist())
-            row = {"step": step, "loss": loss, "span": span, "retrieval": retrieval}
-            row |= {"lr": opt.param_groups[0]["lr"], "seconds": round(time.time() - start_time, 1)}
-            if log is not None:
-                print(json.dumps(row), flush=True)
-                log.write(json.dumps(row) + "\n")
+            _log(log, {"step": step, "loss": loss, "span": span, "retrieval": retrieval}, opt, start_time)
         if step % args.save_every == 0 and rank == 0:
             save_checkpoint(model, opt, step, out, reader_step)
         done = step - first_step
@@ -570,15 +568,33 @@ def train(model: DocQAModel, docs: Documents, args: argparse.Namespace) -> dict:
     return metrics
 
 
+def _log(log, row: dict, opt, start_time: float) -> None:
+    """Rank 0 (the one with a log file): a JSON line with the learning rate and seconds so far, printed
+    and appended to log.jsonl."""
+    if log is None:
+        return
+    row |= {"lr": opt.param_groups[0]["lr"], "seconds": round(time.time() - start_time, 1)}
+    print(json.dumps(row), flush=True)
+    log.write(json.dumps(row) + "\n")
+
+
 def _reader_phase(
-    model: DocQAModel, opt, docs: Documents, args, reader_step: int, autocast, device, log, start_time: float
+    model: DocQAModel,
+    opt,
+    docs: Documents,
+    args,
+    reader_step: int,
+    ranks: tuple[int, int],
+    autocast,
+    device,
+    log,
+    start_time: float,
 ) -> int:
     """--reader-steps of the reader alone (rows without a document cache, so no document pass), before
     the joint steps: many cheap updates of the span reader. Several ranks average their gradients with
     an all-reduce (the reader leaves the retrieval weights without gradients, which DDP would reject).
     Returns the reader steps done (fewer if --max-minutes ran out)."""
-    world = dist.get_world_size() if dist.is_initialized() else 1
-    rank = dist.get_rank() if dist.is_initialized() else 0
+    rank, world = ranks
     plan = ReaderPlan(docs, args, rank, world)
     params = model.trainable_parameters()
     out = Path(args.out)
@@ -590,22 +606,20 @@ def _reader_phase(
         with autocast:
             loss = reader_loss(model, docs, questions, negatives, None, device)
         loss.backward()
-        span = loss.detach().float().reshape(1)
         if world > 1:
             for p in params:
                 if p.grad is not None:
                     dist.all_reduce(p.grad)
                     p.grad /= world
-            dist.all_reduce(span)
-            span /= world
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         reader_step += 1
-        if (reader_step % args.log_every == 0 or reader_step == 1) and log is not None:
-            row = {"reader_step": reader_step, "span": round(span.item(), 4), "lr": opt.param_groups[0]["lr"]}
-            row["seconds"] = round(time.time() - start_time, 1)
-            print(json.dumps(row), flush=True)
-            log.write(json.dumps(row) + "\n")
+        if reader_step % args.log_every == 0 or reader_step == 1:
+            span = loss.detach().float().reshape(1)
+            if world > 1:  # every rank logs at the same steps, so all join this all-reduce
+                dist.all_reduce(span)
+                span /= world
+            _log(log, {"reader_step": reader_step, "span": round(span.item(), 4)}, opt, start_time)
         done = reader_step == args.reader_steps or _out_of_time(args, start_time, world, device)
         if rank == 0 and (reader_step % args.save_every == 0 or done):
             save_checkpoint(model, opt, 0, out, reader_step)
