@@ -324,15 +324,16 @@ def validate(model: DocQAModel, docs: Documents, device, limit: int = 2000, seed
 def save_checkpoint(
     model: DocQAModel, opt: torch.optim.Optimizer, step: int, folder: Path, reader_step: int = 0
 ) -> None:
-    """Trainable weights + Adam moments as safetensors (no pickle); the joint steps and the reader-phase
-    steps done in the metadata."""
+    """Trainable weights + Adam moments and step counts as safetensors (no pickle); the joint steps and
+    the reader-phase steps done in the metadata. Step counts are per parameter: the retrieval weights
+    are not updated in the reader phase."""
     tensors = {f"param.{n}": p.detach() for n, p in model.named_parameters() if p.requires_grad}
     names = {id(p): n for n, p in model.named_parameters()}
     for group in opt.param_groups:
         for p in group["params"]:
             for key, value in opt.state.get(p, {}).items():
-                if torch.is_tensor(value) and value.dim() > 0:
-                    tensors[f"opt.{key}.{names[id(p)]}"] = value
+                if torch.is_tensor(value):
+                    tensors[f"opt.{key}.{names[id(p)]}"] = value.reshape(value.shape or (1,))
     tmp = folder / "checkpoint.safetensors.tmp"
     metadata = {"step": str(step), "reader_step": str(reader_step)}
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
@@ -357,8 +358,10 @@ def load_checkpoint(model: DocQAModel, opt: torch.optim.Optimizer, folder: Path)
                 p.copy_(tensors[f"param.{name}"])
     for name, p in params.items():
         if f"opt.exp_avg.{name}" in tensors:
+            # checkpoints written before step counts were saved: the steps done in all
+            done = tensors.get(f"opt.step.{name}", torch.tensor([float(step + reader_step)]))
             opt.state[p] = {
-                "step": torch.tensor(float(step + reader_step)),
+                "step": done.reshape(()).float(),
                 "exp_avg": tensors[f"opt.exp_avg.{name}"].to(p.device),
                 "exp_avg_sq": tensors[f"opt.exp_avg_sq.{name}"].to(p.device),
             }

@@ -105,7 +105,7 @@ def test_two_gloo_ranks_train_the_same_weights_as_one_process(tmp_path, monkeypa
     assert single.keys() == ddp.keys() and set(initial) <= single.keys()
     assert any(not torch.equal(single[k], initial[k]) for k in initial)  # training moved the weights
     for key in single:
-        if key.endswith(SHIFT_INVARIANT):
+        if key.endswith(SHIFT_INVARIANT) and not key.startswith("opt.step."):  # step counts must match
             assert single[key.replace("param.", "opt.exp_avg.")].abs().max() < 1e-6  # gradient is noise
             continue
         torch.testing.assert_close(ddp[key], single[key], rtol=1e-5, atol=1e-6, msg=key)

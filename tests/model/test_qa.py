@@ -200,7 +200,9 @@ def test_validate_picks_a_rerank_weight_and_calibrates_with_it():
 
 
 def test_reader_phase_trains_the_reader_alone_then_resumes_with_the_joint_steps(tmp_path, monkeypatch):
-    from model.train import gold_exact, parse_args, train
+    from safetensors.torch import load_file
+
+    from model.train import gold_exact, load_checkpoint, parse_args, train
 
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
@@ -231,3 +233,14 @@ def test_reader_phase_trains_the_reader_alone_then_resumes_with_the_joint_steps(
     assert metrics["reader_steps"] == 60 and metrics["steps"] == 3
     rows = [json.loads(line) for line in (tmp_path / "log.jsonl").open()][len(rows) :]
     assert [r["step"] for r in rows] == [1, 2, 3] and all("reader_step" not in r for r in rows)
+    # Adam's step counts are per parameter: the reader's weights took 63 updates, block retrieval's 3,
+    # and a resumed optimizer gets them back.
+    saved = load_file(tmp_path / "checkpoint.safetensors")
+    steps = {k.removeprefix("opt.step."): v.item() for k, v in saved.items() if k.startswith("opt.step.")}
+    assert {v for k, v in steps.items() if "meta_" in k} == {3.0}
+    assert {v for k, v in steps.items() if "lora_" in k} == {63.0}
+    model = tiny_model(rank=4)
+    opt = torch.optim.AdamW(model.trainable_parameters())
+    assert load_checkpoint(model, opt, tmp_path) == (3, 60)
+    restored = {n: opt.state[p]["step"].item() for n, p in model.named_parameters() if p in opt.state}
+    assert restored == steps
