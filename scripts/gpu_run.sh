@@ -43,7 +43,7 @@ for step in "$@"; do
              --fit-minutes "${TRAIN_MINUTES:-7.5}" --max-minutes "$(python3 -c "print(${TRAIN_MINUTES:-7.5}+0.4)")" \
              --lora-rank "${LORA_RANK:-16}" --save-every 200 ${TRAIN_ARGS:-} 2>&1 | tee "$OUT/train.log"
            mkdir -p "$OUT/qa" && cp -r /tmp/qa/model /tmp/qa/metrics.json /tmp/qa/log.jsonl "$OUT/qa/" ;;
-    eval-par) # evals at once, one GPU each, time-boxed to EVAL_MINUTES (4 GPUs: four jobs; 2 GPUs: two)
+    eval-par) # evals at once, one GPU each, time-boxed (4 GPUs: four jobs; 2 GPUs: two; 1 GPU: the two share it)
            par() { local gpu=$1 name=$2; shift 2
              CUDA_VISIBLE_DEVICES=$gpu DOCQA_HOME=/tmp/home_$name DOCQA_MODEL_DIR=${MODEL_DIR:-assets/qa_model} \
                timeout 560 python3 -m app eval --data .carry/dev-v1.1.json.gz --json "$OUT/eval_$name.json" \
@@ -57,10 +57,12 @@ for step in "$@"; do
              (par 3 article --group article --methods bsbr,faiss,bm25 --unanswerable 300 \
                 --max-minutes "${ARTICLE_MINUTES:-5}"; book 3) &
            else # BSBR_MINUTES (all) then ARTICLE_MINUTES (article) then the book on GPU 0; the rest on GPU 1
+             # (one GPU: both jobs share it, so their latencies are those of a shared GPU)
+             other=$(( GPUS > 1 ? 1 : 0 ))
              (par 0 all_bsbr --group all --methods bsbr --max-minutes "${BSBR_MINUTES:-4}"
               par 0 article --group article --methods bsbr,faiss,bm25 --unanswerable 300 \
                 --max-minutes "${ARTICLE_MINUTES:-2}"; book 0) &
-             par 1 all_rest --group all --methods faiss,bm25,dense,reader &
+             par "$other" all_rest --group all --methods faiss,bm25,dense,reader &
            fi
            wait; tail -n 8 "$OUT"/eval_*.log "$OUT/book.log" ;;
     eval-article) DOCQA_HOME=/tmp/home DOCQA_MODEL_DIR=${MODEL_DIR:-assets/qa_model} timeout 560 python3 -m app eval \
