@@ -200,7 +200,7 @@ def test_validate_picks_a_rerank_weight_and_calibrates_with_it():
 
 
 def test_reader_phase_trains_the_reader_alone_then_resumes_with_the_joint_steps(tmp_path, monkeypatch):
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file, save_file
 
     from model.train import gold_exact, load_checkpoint, parse_args, train
 
@@ -244,3 +244,9 @@ def test_reader_phase_trains_the_reader_alone_then_resumes_with_the_joint_steps(
     assert load_checkpoint(model, opt, tmp_path) == (3, 60)
     restored = {n: opt.state[p]["step"].item() for n, p in model.named_parameters() if p in opt.state}
     assert restored == steps
+    # A checkpoint from before step counts were saved: every parameter gets the steps done in all.
+    old = {k: v for k, v in saved.items() if not k.startswith("opt.step.")}
+    save_file(old, str(tmp_path / "checkpoint.safetensors"), metadata={"step": "3", "reader_step": "60"})
+    opt = torch.optim.AdamW(model.trainable_parameters())
+    assert load_checkpoint(model, opt, tmp_path) == (3, 60)
+    assert {s["step"].item() for s in opt.state.values()} == {63.0}
