@@ -124,6 +124,15 @@ def step_loss(
     return loss, {"span": span_loss.item(), "retrieval": retrieval_loss.item()}
 
 
+def read_rows(model: DocQAModel, q_tokens: list[list[int]], passages: list[list[int]], cache, device):
+    """Span logits of "[CLS] question [SEP] passage [SEP]" rows (question/passage word-pieces paired),
+    reading against `cache` (None: no document cache). Returns start, end (B, Lr) and each row's passage
+    offset."""
+    r_ids, r_mask, r_types, offsets = reader_rows(q_tokens, passages, CLS_ID, SEP_ID, device)
+    start, end = model.read(r_ids, r_mask, r_types, cache)
+    return start, end, offsets
+
+
 def reader_loss(
     model: DocQAModel,
     docs: Documents,
@@ -140,8 +149,7 @@ def reader_loss(
         q_tokens = [docs.question_tokens(q) for q in batch]
     passages = [docs.passage_tokens(int(docs.q_chunk[q])) for q in batch]
     passages += [docs.passage_tokens(c) for c in negatives]
-    r_ids, r_mask, r_types, offsets = reader_rows(q_tokens + q_tokens, passages, CLS_ID, SEP_ID, device)
-    start, end = model.read(r_ids, r_mask, r_types, cache)
+    start, end, offsets = read_rows(model, q_tokens + q_tokens, passages, cache, device)
     B = len(batch)
     off = torch.tensor(offsets[:B], device=device)
     s_pos, e_pos = docs.q_start[batch].to(device), docs.q_end[batch].to(device)
@@ -221,10 +229,7 @@ def rank_and_read(
         out["ranking"].append(scores.argsort(1, descending=True)[:, :50].cpu() + first)
         pairs = [(j, c) for j in range(len(qs)) for c in top.indices[j].tolist()]
         passages = [docs.passage_tokens(first + c) for _, c in pairs]
-        r_ids, r_mask, r_types, offsets = reader_rows(
-            [q_tokens[j] for j, _ in pairs], passages, CLS_ID, SEP_ID, device
-        )
-        start, end = model.read(r_ids, r_mask, r_types, cache)
+        start, end, offsets = read_rows(model, [q_tokens[j] for j, _ in pairs], passages, cache, device)
         score, s, e = best_spans(
             start, end, offsets, [len(p) for p in passages], model.config.max_answer_tokens
         )
@@ -249,8 +254,7 @@ def gold_exact(
         qs = questions[i : i + batch]
         passages = [docs.passage_tokens(int(docs.q_chunk[q])) for q in qs]
         q_tokens = [docs.question_tokens(q) for q in qs]
-        r_ids, r_mask, r_types, offsets = reader_rows(q_tokens, passages, CLS_ID, SEP_ID, device)
-        start, end = model.read(r_ids, r_mask, r_types, None)
+        start, end, offsets = read_rows(model, q_tokens, passages, None, device)
         _, s, e = best_spans(start, end, offsets, [len(p) for p in passages], model.config.max_answer_tokens)
         hits += ((s.cpu() == docs.q_start[qs]) & (e.cpu() == docs.q_end[qs])).float().tolist()
     return hits
