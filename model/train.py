@@ -10,7 +10,8 @@ scores over all the document's chunks, gold = the chunk holding the answer) and 
 rows for the gold chunk and one in-document negative (the best-scoring wrong chunk, or a random one),
 whose target is [CLS] ("not here"). With --reader-steps N, N cheaper steps of the reader alone come first
 (gold chunk and one in-document negative per question, no document pass, no cache): run 4 found the
-reader under-trained by the joint steps alone (F1 75.3 -> 78.8 on dev gold chunks). Only the delta
+reader under-trained by the joint steps alone (F1 75.3 -> 78.8 on dev gold chunks). --init DIR starts
+from a trained delta instead (more joint steps for an earlier run, in a later call). Only the delta
 trains: LoRA adapters, meta projections, gates, span head, retrieval temperature. Seeded; logs JSON
 lines; checkpoints (safetensors, no pickle) every --save-every steps and resumes from --out when a
 checkpoint is there. At the end it validates on the held-out articles, calibrates the abstention
@@ -400,9 +401,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--reader-questions", type=int, default=64, help="questions per reader-phase step, over all ranks"
     )
+    p.add_argument(
+        "--init",
+        default=None,
+        help="start from this trained delta folder (config.json + delta.safetensors) instead of a fresh "
+        "delta, with a fresh optimizer and schedule: more joint steps after an earlier run (then "
+        "--reader-steps 0); its config sets the LoRA rank and alpha",
+    )
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--lora-rank", type=int, default=16)
+    p.add_argument("--lora-rank", type=int, default=None, help="LoRA rank (default 16; with --init, its rank)")
     p.add_argument("--lora-alpha", type=float, default=None, help="LoRA scale numerator (default 2 x rank)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=500)
@@ -503,9 +511,24 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
     docs = Documents(load_data(args.data))
-    alpha = args.lora_alpha if args.lora_alpha is not None else 2.0 * args.lora_rank
-    model = DocQAModel.from_minilm(QAConfig(lora_rank=args.lora_rank, lora_alpha=alpha))
-    return train(model, docs, args)
+    return train(initial_model(args), docs, args)
+
+
+def initial_model(args: argparse.Namespace) -> DocQAModel:
+    """The packaged MiniLM with a fresh delta or, with --init, with a trained delta to go on from (its
+    config.json gives the LoRA rank and alpha). A checkpoint in --out still takes precedence (resume)."""
+    if args.init:
+        model = DocQAModel.from_pretrained(args.init, merge=False).train()
+        for flag, asked, saved in (
+            ("--lora-rank", args.lora_rank, model.config.lora_rank),
+            ("--lora-alpha", args.lora_alpha, model.config.lora_alpha),
+        ):
+            if asked is not None and asked != saved:
+                raise ValueError(f"{flag} {asked} differs from the {saved} of --init {args.init}")
+        return model
+    rank = 16 if args.lora_rank is None else args.lora_rank
+    alpha = args.lora_alpha if args.lora_alpha is not None else 2.0 * rank
+    return DocQAModel.from_minilm(QAConfig(lora_rank=rank, lora_alpha=alpha))
 
 
 def train(model: DocQAModel, docs: Documents, args: argparse.Namespace) -> dict:
@@ -692,7 +715,11 @@ def _finish(model, opt, docs, args, step: int, reader_step: int, start_time: flo
         model.config.rerank_retrieval_weight = metrics["rerank_retrieval_weight"]
     metrics |= {"steps": step, "reader_steps": reader_step}
     metrics["train_seconds"] = round(time.time() - start_time, 1)
-    model.save_delta(out / "model", metadata={"steps": step, "reader_steps": reader_step, "seed": args.seed})
+    meta = {"steps": step, "reader_steps": reader_step, "seed": args.seed}
+    if args.init:
+        meta["init"] = args.init
+        metrics["init"] = args.init
+    model.save_delta(out / "model", metadata=meta)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(json.dumps({"validation": metrics}), flush=True)
     return metrics

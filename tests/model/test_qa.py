@@ -250,3 +250,45 @@ def test_reader_phase_trains_the_reader_alone_then_resumes_with_the_joint_steps(
     opt = torch.optim.AdamW(model.trainable_parameters())
     assert load_checkpoint(model, opt, tmp_path) == (3, 60)
     assert {s["step"].item() for s in opt.state.values()} == {63.0}
+
+
+def test_init_goes_on_from_a_trained_delta(tmp_path, monkeypatch):
+    """--init: a later call starts from an earlier run's delta (its reader intact), not from MiniLM."""
+    from safetensors.torch import load_file
+
+    from model.train import gold_exact, initial_model, parse_args, train
+
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    common = ["--questions-per-step", "4", "--lr", "5e-3", "--warmup", "1", "--val-questions", "0"]
+    common += ["--log-every", "1", "--save-every", "1000", "--device", "cpu"]
+    first = ["--out", str(tmp_path / "a"), "--steps", "0", "--reader-steps", "60", "--reader-questions", "8"]
+    first = parse_args(first + common)
+    train(tiny_model(rank=4), Documents(synthetic_documents()), first)
+    saved = load_file(tmp_path / "a" / "model" / "delta.safetensors")
+
+    monkeypatch.setattr(
+        BSBREncoder, "from_minilm", classmethod(lambda cls, **kw: BSBREncoder(BSBRConfig(**TINY)))
+    )
+    docs = Documents(synthetic_documents())
+    questions = list(range(len(docs.q_ids)))
+    torch.manual_seed(0)  # the base weights of tiny_model(seed=0)
+    second = parse_args(["--out", str(tmp_path / "b"), "--init", str(tmp_path / "a" / "model")] + common)
+    model = initial_model(second)
+    assert model.training and model.config.lora_rank == 4
+    second.lora_rank = 8
+    with pytest.raises(ValueError, match="--lora-rank 8 differs from the 4 of --init"):
+        initial_model(second)
+    second.lora_rank = 4  # the same as the delta's: fine
+    torch.manual_seed(0)
+    assert initial_model(second).config.lora_rank == 4
+    for name, value in model.delta_state_dict().items():
+        torch.testing.assert_close(value, saved[name].float(), atol=0, rtol=0)
+    assert sum(gold_exact(model.eval(), docs, questions, torch.device("cpu"))) >= 14  # the trained reader
+    assert sum(gold_exact(tiny_model(rank=4), docs, questions, torch.device("cpu"))) < 8  # a fresh one
+
+    second.steps = 2
+    metrics = train(model.train(), docs, second)
+    assert metrics["steps"] == 2 and metrics["reader_steps"] == 0 and metrics["init"] == second.init
+    rows = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").open()]
+    assert [r["step"] for r in rows] == [1, 2]
