@@ -106,8 +106,7 @@ def step_loss(
     C = ids.shape[1]
     cache = model.encoder(ids.view(1, -1), mask.view(1, -1), return_cache=True, chunk_size=C).cache
     q_tokens = [docs.question_tokens(q) for q in batch]
-    q_ids, q_mask = question_rows(q_tokens, CLS_ID, SEP_ID, device)
-    scores = model.retrieval_scores(q_ids, q_mask, cache)  # (B, N)
+    scores = question_scores(model, q_tokens, cache, device)  # (B, N)
     gold = docs.q_chunk[batch].to(device) - first
     retrieval_loss = F.cross_entropy(scores.float(), gold)
     n_read = len(batch) if n_read is None else min(n_read, len(batch))
@@ -123,6 +122,29 @@ def step_loss(
     )
     loss = span_loss + retrieval_loss
     return loss, {"span": span_loss.item(), "retrieval": retrieval_loss.item()}
+
+
+# The question pass runs in groups of similar length: one batch padded to its longest question is mostly
+# padding (training questions: 14 word-pieces on average; 4,096 of them padded to 40, 64% padding).
+QUESTION_GROUPS = 4
+
+
+def question_scores(
+    model: DocQAModel, q_tokens: list[list[int]], cache, device, groups: int = QUESTION_GROUPS
+):
+    """Block-retrieval scores (B, N) of each question against `cache`, the question pass run on `groups`
+    groups of questions of similar length, each padded to its own longest. Given the cache, a question's
+    scores do not depend on the other questions of its batch, so these are one padded batch's scores."""
+    order = sorted(range(len(q_tokens)), key=lambda i: len(q_tokens[i]))
+    cuts = [len(order) * g // groups for g in range(groups + 1)]
+    parts, index = [], []
+    for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+        if a == b:
+            continue
+        q_ids, q_mask = question_rows([q_tokens[i] for i in order[a:b]], CLS_ID, SEP_ID, device)
+        parts.append(model.retrieval_scores(q_ids, q_mask, cache))
+        index += order[a:b]
+    return torch.cat(parts)[torch.argsort(torch.tensor(index, device=device))]
 
 
 def read_rows(model: DocQAModel, q_tokens: list[list[int]], passages: list[list[int]], cache, device):
@@ -410,7 +432,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--lora-rank", type=int, default=None, help="LoRA rank (default 16; with --init, its rank)")
+    p.add_argument(
+        "--lora-rank", type=int, default=None, help="LoRA rank (default 16; with --init, its rank)"
+    )
     p.add_argument("--lora-alpha", type=float, default=None, help="LoRA scale numerator (default 2 x rank)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=500)

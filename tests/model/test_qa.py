@@ -90,6 +90,39 @@ def test_retrieval_scores_cover_document_chunks_only():
     assert torch.isinf(scores[:, 5]).all() and torch.isfinite(scores[:, :5]).all()
 
 
+def test_question_pass_in_length_groups_gives_one_batch_scores_and_gradients():
+    from model.train import CLS_ID, SEP_ID, question_scores
+
+    model = tiny_model(rank=4)
+    params = model.trainable_parameters()
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    docs = Documents(synthetic_documents())
+    ids, mask = docs.chunks(0, "cpu")
+    g = torch.Generator().manual_seed(0)
+    q_tokens = [torch.randint(20, 120, (n,), generator=g).tolist() for n in (1, 6, 2, 6, 4, 3, 5)]
+
+    def scores_and_grads(fn):
+        model.zero_grad(set_to_none=True)
+        cache = model.encoder(ids.view(1, -1), mask.view(1, -1), return_cache=True, chunk_size=16).cache
+        scores = fn(cache)
+        (scores.softmax(1)[:, 0] * torch.arange(1.0, 8.0)).sum().backward()  # rows weighted differently
+        return scores.detach(), {
+            n: p.grad.clone() for n, p in zip(names, params, strict=True) if p.grad is not None
+        }
+
+    expected, expected_grads = scores_and_grads(
+        lambda cache: model.retrieval_scores(*question_rows(q_tokens, CLS_ID, SEP_ID), cache)
+    )
+    for groups in (1, 3, 7, 10):
+        got, grads = scores_and_grads(
+            lambda cache, k=groups: question_scores(model, q_tokens, cache, "cpu", k)
+        )
+        torch.testing.assert_close(got, expected)
+        assert grads.keys() == expected_grads.keys() and any("meta_key" in n for n in grads)
+        for name, grad in grads.items():
+            torch.testing.assert_close(grad, expected_grads[name], msg=name)
+
+
 def test_delta_round_trip(tmp_path, monkeypatch):
     model = tiny_model()
     with torch.no_grad():
