@@ -246,8 +246,7 @@ def rank_and_read(
     for i in range(0, len(questions), batch):
         qs = questions[i : i + batch]
         q_tokens = [docs.question_tokens(q) for q in qs]
-        q_ids, q_mask = question_rows(q_tokens, CLS_ID, SEP_ID, device)
-        scores = model.retrieval_scores(q_ids, q_mask, cache).float().log_softmax(1)
+        scores = question_scores(model, q_tokens, cache, device).float().log_softmax(1)
         top = scores.topk(min(read_k, scores.shape[1]), dim=1)  # (b, k)
         out["ranking"].append(scores.argsort(1, descending=True)[:, :50].cpu() + first)
         pairs = [(j, c) for j in range(len(qs)) for c in top.indices[j].tolist()]

@@ -232,20 +232,30 @@ def test_validate_picks_a_rerank_weight_and_calibrates_with_it():
     assert pick(read, 0.0)["chunk"].item() == 7 and pick(read, 1.0)["chunk"].item() == 5
 
 
-def test_reader_phase_trains_the_reader_alone_then_resumes_with_the_joint_steps(tmp_path, monkeypatch):
-    from safetensors.torch import load_file, save_file
-
-    from model.train import gold_exact, load_checkpoint, parse_args, train
-
+@pytest.fixture
+def one_process(monkeypatch):
+    """Training in this process, whatever torchrun variables the environment has."""
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
 
+
+def small_run(out, *flags: str):
+    """model.train arguments for a few CPU steps on synthetic_documents(), logging every step."""
+    from model.train import parse_args
+
+    return parse_args(
+        ["--out", str(out), *flags, "--questions-per-step", "4", "--lr", "5e-3", "--warmup", "1"]
+        + ["--val-questions", "0", "--log-every", "1", "--save-every", "1000", "--device", "cpu"]
+    )
+
+
+def test_reader_phase_trains_the_reader_alone_then_resumes_with_the_joint_steps(tmp_path, one_process):
+    from safetensors.torch import load_file, save_file
+
+    from model.train import gold_exact, load_checkpoint, train
+
     def args(steps: int):
-        return parse_args(
-            ["--out", str(tmp_path), "--steps", str(steps), "--reader-steps", "60", "--reader-questions", "8"]
-            + ["--questions-per-step", "4", "--lr", "5e-3", "--warmup", "1", "--val-questions", "0"]
-            + ["--log-every", "1", "--save-every", "1000", "--device", "cpu"]
-        )
+        return small_run(tmp_path, "--steps", str(steps), "--reader-steps", "60", "--reader-questions", "8")
 
     model = tiny_model(rank=4)
     retrieval = {n: p.detach().clone() for n, p in model.named_parameters() if "meta_" in n}
@@ -285,18 +295,13 @@ def test_reader_phase_trains_the_reader_alone_then_resumes_with_the_joint_steps(
     assert {s["step"].item() for s in opt.state.values()} == {63.0}
 
 
-def test_init_goes_on_from_a_trained_delta(tmp_path, monkeypatch):
+def test_init_goes_on_from_a_trained_delta(tmp_path, monkeypatch, one_process):
     """--init: a later call starts from an earlier run's delta (its reader intact), not from MiniLM."""
     from safetensors.torch import load_file
 
-    from model.train import gold_exact, initial_model, parse_args, train
+    from model.train import gold_exact, initial_model, train
 
-    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
-        monkeypatch.delenv(name, raising=False)
-    common = ["--questions-per-step", "4", "--lr", "5e-3", "--warmup", "1", "--val-questions", "0"]
-    common += ["--log-every", "1", "--save-every", "1000", "--device", "cpu"]
-    first = ["--out", str(tmp_path / "a"), "--steps", "0", "--reader-steps", "60", "--reader-questions", "8"]
-    first = parse_args(first + common)
+    first = small_run(tmp_path / "a", "--steps", "0", "--reader-steps", "60", "--reader-questions", "8")
     train(tiny_model(rank=4), Documents(synthetic_documents()), first)
     saved = load_file(tmp_path / "a" / "model" / "delta.safetensors")
 
@@ -306,7 +311,7 @@ def test_init_goes_on_from_a_trained_delta(tmp_path, monkeypatch):
     docs = Documents(synthetic_documents())
     questions = list(range(len(docs.q_ids)))
     torch.manual_seed(0)  # the base weights of tiny_model(seed=0)
-    second = parse_args(["--out", str(tmp_path / "b"), "--init", str(tmp_path / "a" / "model")] + common)
+    second = small_run(tmp_path / "b", "--init", str(tmp_path / "a" / "model"))
     model = initial_model(second)
     assert model.training and model.config.lora_rank == 4
     second.lora_rank = 8
