@@ -7,7 +7,8 @@ Shape legend
 The input is split into chunks of C consecutive positions exactly as given (the caller decides chunk
 contents). Position ids restart at 0 in every chunk, so with every gate at 0 the encoder computes what
 BERT computes on each chunk separately. A `DocumentCache` keeps, per layer, each chunk's state and meta
-key, so a document is encoded once (`encode_document`) and questions later retrieve from it.
+key, and each chunk's mean output, so a document is encoded once (`encode_document`) and questions
+later retrieve from it.
 """
 
 from __future__ import annotations
@@ -107,12 +108,15 @@ class DocumentCache:
     keys: per layer (B, H, N, D) meta keys h_j.
     summaries: per layer (B, hidden) mean layer input of the LAST chunk (the next chunk's causal meta query).
     valid: (B, N) bool, False for all-padding chunks (never retrieved).
+    outputs: (B, N, hidden) mean last-layer output of each chunk (the QA model's output retrieval level),
+        or None in caches saved without it.
     """
 
     states: list[Tensor]
     keys: list[Tensor]
     summaries: list[Tensor]
     valid: Tensor
+    outputs: Tensor | None = None
 
     @property
     def n_chunks(self) -> int:
@@ -125,6 +129,7 @@ class DocumentCache:
     @property
     def nbytes(self) -> int:
         tensors = [*self.states, *self.keys, *self.summaries, self.valid]
+        tensors += [self.outputs] if self.outputs is not None else []
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def append(self, other: DocumentCache) -> DocumentCache:
@@ -133,11 +138,11 @@ class DocumentCache:
 
     @staticmethod
     def concat(caches: list[DocumentCache]) -> DocumentCache:
-        """Chunks of all caches in order; batch-1 caches are broadcast to the largest batch."""
+        """Chunks of all caches in order; batch-1 caches are broadcast to the largest batch. The result
+        has outputs only if every part has them."""
         B = max(c.batch_size for c in caches)
 
-        def cat(ts: list[Tensor]) -> Tensor:  # along the chunk dim: 2 in (B, H, N, ...), 1 in valid (B, N)
-            dim = 2 if ts[0].dim() > 2 else 1
+        def cat(ts: list[Tensor], dim: int = 2) -> Tensor:  # along the chunk dim: 2 in (B, H, N, ...)
             return torch.cat([t.expand(B, *t.shape[1:]) for t in ts], dim=dim)
 
         n = len(caches[0].states)
@@ -145,7 +150,10 @@ class DocumentCache:
             states=[cat([c.states[i] for c in caches]) for i in range(n)],
             keys=[cat([c.keys[i] for c in caches]) for i in range(n)],
             summaries=[caches[-1].summaries[i].expand(B, -1) for i in range(n)],
-            valid=cat([c.valid for c in caches]),
+            valid=cat([c.valid for c in caches], dim=1),
+            outputs=cat([c.outputs for c in caches], dim=1)
+            if all(c.outputs is not None for c in caches)
+            else None,
         )
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> DocumentCache:
@@ -159,6 +167,7 @@ class DocumentCache:
             [mv(t) for t in self.keys],
             [mv(t) for t in self.summaries],
             self.valid.to(device),
+            mv(self.outputs) if self.outputs is not None else None,
         )
 
     def save(self, path: str | Path) -> None:
@@ -166,6 +175,8 @@ class DocumentCache:
         tensors = {"valid": self.valid}
         for i, (s, k, m) in enumerate(zip(self.states, self.keys, self.summaries, strict=True)):
             tensors |= {f"layers.{i}.states": s, f"layers.{i}.keys": k, f"layers.{i}.summaries": m}
+        if self.outputs is not None:
+            tensors["outputs"] = self.outputs
         meta = {"format": CACHE_FORMAT, "version": str(CACHE_VERSION), "num_layers": str(len(self.states))}
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=meta)
 
@@ -184,6 +195,7 @@ class DocumentCache:
             [t[f"layers.{i}.keys"] for i in range(n)],
             [t[f"layers.{i}.summaries"] for i in range(n)],
             t["valid"],
+            t.get("outputs"),
         )
 
 
@@ -398,8 +410,9 @@ class BSBREncoder(nn.Module):
             all_logits.append(logits)
         out_cache = None
         if return_cache:
+            outputs = chunk_means(F.pad(x, (0, 0, 0, N * C - T)), mask)  # (B, N, hidden)
             out_cache = DocumentCache(
-                [s for s, _, _ in new], [k for _, k, _ in new], [m for _, _, m in new], mask.any(-1)
+                [s for s, _, _ in new], [k for _, k, _ in new], [m for _, _, m in new], mask.any(-1), outputs
             )
             out_cache = cache.append(out_cache) if cache is not None else out_cache
         return BSBREncoderOutput(x, out_cache, all_logits if return_retrieval else None)

@@ -9,7 +9,9 @@ Shape legend
   once; the DocumentCache keeps each layer's chunk states and meta keys.
 - Question pass: "[CLS] question [SEP]" is one more chunk after the document. Its block-retrieval logits
   over the document chunks, averaged over heads and layers and scaled by a learned temperature, rank
-  the evidence (`retrieval_scores`).
+  the evidence (`retrieval_scores`). With `output_level`, a seventh retrieval level on the last layer's
+  output joins them: the cosine of the question's and each chunk's mean output (which the six BSBR levels,
+  built on layer inputs, never see) times a second learned temperature.
 - Reader: "[CLS] question [SEP] passage [SEP]" for each candidate passage, one chunk each, retrieving
   from the document cache (or from nothing, for the FAISS/BM25 baselines); a start/end head gives spans.
   A passage's has-answer score is best_start + best_end - cls_start - cls_end (FINDINGS.md), which
@@ -44,7 +46,15 @@ LORA_TARGETS = (
     "intermediate",
     "output",
 )
-TRAINED_EXACTLY = ("meta_query", "meta_key", "gate", "span_head", "retrieval_log_scale", "lora_")
+TRAINED_EXACTLY = (
+    "meta_query",
+    "meta_key",
+    "gate",
+    "span_head",
+    "retrieval_log_scale",
+    "output_log_scale",
+    "lora_",
+)
 
 
 @dataclass
@@ -61,6 +71,8 @@ class QAConfig:
     # BSBR reranking: reader has-answer score + this x the candidate's block-retrieval log-probability
     # (chosen on the held-out slice after training; 0 = the reader's score alone)
     rerank_retrieval_weight: float = 0.0
+    # a retrieval level on the last layer's output (cosine of mean outputs) added to the block retrieval
+    output_level: bool = False
 
     def __post_init__(self) -> None:
         if self.lora_rank < 0:
@@ -142,8 +154,18 @@ class DocQAModel(nn.Module):
         # Mean-pooled states of a question and of its chunk differ by ~0.1-0.3 in dot product from other
         # chunks; a temperature of 20 turns that into a useful softmax from the first step.
         self.retrieval_log_scale = nn.Parameter(torch.tensor(math.log(20.0)))
+        self.output_log_scale = None
+        if config.output_level:
+            self.add_output_level()
         if config.lora_rank:
             add_lora(encoder, config.lora_rank, config.lora_alpha)
+
+    def add_output_level(self) -> None:
+        """Turn on the output retrieval level (a trained model without it goes on training with it).
+        Its temperature starts at 20, the scale sentence-transformers train cosine similarities with."""
+        self.config.output_level = True
+        device = self.retrieval_log_scale.device
+        self.output_log_scale = nn.Parameter(torch.tensor(math.log(20.0), device=device))
 
     @classmethod
     def from_minilm(cls, config: QAConfig | None = None) -> DocQAModel:
@@ -219,8 +241,11 @@ class DocQAModel(nn.Module):
             cache: the document cache (batch 1).
         Returns:
             (B, N): retrieval logits of the question chunk, averaged over heads and layers, times the
-            learned temperature. Chunks that are never visible (all padding) are -inf.
+            learned temperature; with the output level, plus its scaled cosines. Chunks that are never
+            visible (all padding) are -inf.
         """
+        if self.config.output_level and cache.outputs is None:
+            raise ValueError("this model's output retrieval level needs a document cache with outputs")
         out = self.encoder(
             question_ids, question_mask, cache=cache, chunk_size=question_ids.shape[1], return_retrieval=True
         )
@@ -228,8 +253,14 @@ class DocQAModel(nn.Module):
         logits = torch.stack([lg[:, :, 0, :n] for lg in out.retrieval_logits])  # (L, B, H, N)
         finite = torch.isfinite(logits)
         mean = torch.where(finite, logits, 0).sum((0, 2)) / finite.sum((0, 2)).clamp(min=1)  # (B, N)
-        mean = mean * self.retrieval_log_scale.exp()
-        return mean.masked_fill(~finite.any(2).any(0), -math.inf)
+        scores = mean * self.retrieval_log_scale.exp()
+        if self.config.output_level:
+            m = question_mask.to(out.last_hidden_state.dtype)[..., None]  # (B, Lq, 1)
+            question = (out.last_hidden_state * m).sum(1) / m.sum(1).clamp(min=1)  # (B, hidden)
+            chunks = F.normalize(cache.outputs.float(), dim=-1).transpose(1, 2)  # (1 or B, hidden, N)
+            cosine = (F.normalize(question.float(), dim=-1)[:, None] @ chunks)[:, 0]  # (B, N)
+            scores = scores.float() + cosine * self.output_log_scale.exp()  # fp32: bf16 blurs the sum
+        return scores.masked_fill(~finite.any(2).any(0), -math.inf)
 
     def read(
         self, input_ids: Tensor, mask: Tensor, token_types: Tensor, cache: DocumentCache | None

@@ -11,8 +11,9 @@ rows for the gold chunk and one in-document negative (the best-scoring wrong chu
 whose target is [CLS] ("not here"). With --reader-steps N, N cheaper steps of the reader alone come first
 (gold chunk and one in-document negative per question, no document pass, no cache): run 4 found the
 reader under-trained by the joint steps alone (F1 75.3 -> 78.8 on dev gold chunks). --init DIR starts
-from a trained delta instead (more joint steps for an earlier run, in a later call). Only the delta
-trains: LoRA adapters, meta projections, gates, span head, retrieval temperature. Seeded; logs JSON
+from a trained delta instead (more joint steps for an earlier run, in a later call). --output-level adds
+the retrieval level on the last layer's output (model/qa.py), also to an --init delta without it. Only
+the delta trains: LoRA adapters, meta projections, gates, span head, retrieval temperatures. Seeded; logs JSON
 lines; checkpoints (safetensors, no pickle) every --save-every steps and resumes from --out when a
 checkpoint is there. At the end it validates on the held-out articles, calibrates the abstention
 threshold and writes the delta to --out/model.
@@ -388,8 +389,9 @@ def load_checkpoint(model: DocQAModel, opt: torch.optim.Optimizer, folder: Path)
             done = tensors.get(f"opt.step.{name}", torch.tensor([float(step + reader_step)]))
             opt.state[p] = {
                 "step": done.reshape(()).float(),
-                "exp_avg": tensors[f"opt.exp_avg.{name}"].to(p.device),
-                "exp_avg_sq": tensors[f"opt.exp_avg_sq.{name}"].to(p.device),
+                # scalars were saved with shape (1,); CUDA's multi-tensor Adam needs the parameter's shape
+                "exp_avg": tensors[f"opt.exp_avg.{name}"].reshape(p.shape).to(p.device),
+                "exp_avg_sq": tensors[f"opt.exp_avg_sq.{name}"].reshape(p.shape).to(p.device),
             }
     return step, reader_step
 
@@ -428,6 +430,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="start from this trained delta folder (config.json + delta.safetensors) instead of a fresh "
         "delta, with a fresh optimizer and schedule: more joint steps after an earlier run (then "
         "--reader-steps 0); its config sets the LoRA rank and alpha",
+    )
+    p.add_argument(
+        "--output-level",
+        action="store_true",
+        help="rank chunks with a retrieval level on the last layer's output too (added to an --init "
+        "delta that lacks it)",
     )
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup", type=int, default=100)
@@ -548,10 +556,12 @@ def initial_model(args: argparse.Namespace) -> DocQAModel:
         ):
             if asked is not None and asked != saved:
                 raise ValueError(f"{flag} {asked} differs from the {saved} of --init {args.init}")
+        if args.output_level and not model.config.output_level:
+            model.add_output_level()
         return model
     rank = 16 if args.lora_rank is None else args.lora_rank
     alpha = args.lora_alpha if args.lora_alpha is not None else 2.0 * rank
-    return DocQAModel.from_minilm(QAConfig(lora_rank=rank, lora_alpha=alpha))
+    return DocQAModel.from_minilm(QAConfig(lora_rank=rank, lora_alpha=alpha, output_level=args.output_level))
 
 
 def train(model: DocQAModel, docs: Documents, args: argparse.Namespace) -> dict:

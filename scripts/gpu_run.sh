@@ -38,6 +38,8 @@ for step in "$@"; do
              --steps "$STEPS" --max-minutes "${TRAIN_MINUTES:-7}" 2>&1 | tee "$OUT/train.log"
            mkdir -p "$OUT/qa" && cp -r /tmp/qa/model /tmp/qa/metrics.json /tmp/qa/log.jsonl "$OUT/qa/" ;;
     train-ddp) # TRAIN_DATA, TRAIN_MINUTES, LORA_RANK; TRAIN_ARGS adds options (e.g. --retrieval-questions 512)
+           # a warm machine still has the last call's /tmp/qa: start afresh (--init goes on from a delta)
+           [ "${RESUME:-0}" = 1 ] || rm -rf /tmp/qa
            timeout 590 python3 -m torch.distributed.run --standalone --nproc_per_node="$GPUS" -m model.train \
              --data "${TRAIN_DATA:-.carry/train.safetensors.xz}" --out /tmp/qa --steps 100000 --docs-per-step "$GPUS" \
              --fit-minutes "${TRAIN_MINUTES:-7.5}" --max-minutes "$(python3 -c "print(${TRAIN_MINUTES:-7.5}+0.4)")" \

@@ -100,11 +100,15 @@ def test_streaming_document_equals_whole_pass(overrides):
     assert cache.n_chunks == 13 and torch.equal(cache.valid, whole.cache.valid)
     assert cache.valid[0].tolist() == [True] * 7 + [False] + [True] * 5
     for a, b in zip(
-        cache.states + cache.keys + cache.summaries,
-        whole.cache.states + whole.cache.keys + whole.cache.summaries,
+        cache.states + cache.keys + cache.summaries + [cache.outputs],
+        whole.cache.states + whole.cache.keys + whole.cache.summaries + [whole.cache.outputs],
         strict=True,
     ):
         assert a.shape == b.shape and (a - b).abs().max() < 1e-5
+    # outputs: each chunk's mean last-layer output over its real tokens (0 for the all-padding chunk)
+    m = mask.float()[..., None]
+    expected = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+    assert cache.outputs.shape == (1, 13, 32) and (cache.outputs[0] - expected).abs().max() < 1e-5
 
 
 def test_question_chunk_against_document_cache():
@@ -157,11 +161,14 @@ def test_cache_save_load_roundtrip(tmp_path):
     cache.save(path)
     loaded = DocumentCache.load(path)
     for a, b in zip(
-        cache.states + cache.keys + cache.summaries + [cache.valid],
-        loaded.states + loaded.keys + loaded.summaries + [loaded.valid],
+        cache.states + cache.keys + cache.summaries + [cache.valid, cache.outputs],
+        loaded.states + loaded.keys + loaded.summaries + [loaded.valid, loaded.outputs],
         strict=True,
     ):
         assert torch.equal(a, b)
+    cache.outputs = None  # a cache saved without outputs (before they existed) loads without them
+    cache.save(path)
+    assert DocumentCache.load(path).outputs is None
     q = torch.randint(1, 50, (2, 5))
     with torch.no_grad():
         assert torch.equal(model(q, cache=cache).last_hidden_state, model(q, cache=loaded).last_hidden_state)
@@ -182,6 +189,7 @@ def test_cache_append_and_broadcast():
     with torch.no_grad():
         b = model(ids[6:].reshape(1, -1), mask[6:].reshape(1, -1), cache=a, return_cache=True).cache
     assert b.n_chunks == 13 and (b.states[1] - both.states[1]).abs().max() < 1e-5
+    assert (b.outputs - both.outputs).abs().max() < 1e-5
     wide = DocumentCache.concat(
         [
             a,
@@ -194,6 +202,8 @@ def test_cache_append_and_broadcast():
         ]
     )
     assert wide.batch_size == 3 and wide.n_chunks == 12
+    assert wide.outputs is None  # one part has no outputs: the whole has none
+    assert DocumentCache.concat([a, a]).outputs.shape == (1, 12, 32)
 
 
 def test_config_roundtrip_and_checks(tmp_path):

@@ -4,6 +4,7 @@ import random
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from model.encoder import BSBRConfig, BSBREncoder
 from model.qa import DocQAModel, LoRALinear, QAConfig, best_spans, merge_lora, question_rows, reader_rows
@@ -88,6 +89,37 @@ def test_retrieval_scores_cover_document_chunks_only():
     scores = model.retrieval_scores(q_ids, q_mask, cache)
     assert scores.shape == (2, 6)
     assert torch.isinf(scores[:, 5]).all() and torch.isfinite(scores[:, :5]).all()
+
+
+def test_output_level_adds_scaled_cosines_of_mean_last_layer_outputs():
+    model = tiny_model()
+    ids = torch.randint(5, 200, (6, 16))
+    mask = torch.ones_like(ids)
+    mask[2, 9:] = 0
+    mask[5], ids[5] = 0, 0
+    ids[2, 9:] = 0
+    q_ids, q_mask = question_rows([[7, 8, 9], [10]], 1, 2)
+    cache, hidden = model.encoder.encode_document(ids, mask, return_hidden=True)
+    blocks = model.retrieval_scores(q_ids, q_mask, cache)  # the six BSBR levels alone
+    model.add_output_level()
+    assert model.config.output_level and "output_log_scale" in model.delta_state_dict()
+    with torch.no_grad():
+        model.output_log_scale.fill_(math.log(3.0))
+    scores = model.retrieval_scores(q_ids, q_mask, cache)
+    with torch.no_grad():
+        q_out = model.encoder(q_ids, q_mask, cache=cache, chunk_size=q_ids.shape[1]).last_hidden_state
+
+    def means(x, m):
+        return (x * m[..., None]).sum(1) / m.sum(1, keepdim=True)
+
+    cosine = F.cosine_similarity(means(q_out, q_mask)[:, None], means(hidden, mask)[None], dim=-1)  # (2, 6)
+    assert scores.dtype == torch.float32 and torch.isinf(scores[:, 5]).all()
+    torch.testing.assert_close(scores[:, :5], blocks[:, :5] + 3.0 * cosine[:, :5])
+    scores[:, :5].sum().backward()
+    assert model.output_log_scale.grad is not None and model.output_log_scale.grad.abs() > 0
+    cache.outputs = None
+    with pytest.raises(ValueError, match="cache with outputs"):
+        model.retrieval_scores(q_ids, q_mask, cache)
 
 
 def test_question_pass_in_length_groups_gives_one_batch_scores_and_gradients():
@@ -287,6 +319,8 @@ def test_reader_phase_trains_the_reader_alone_then_resumes_with_the_joint_steps(
     assert load_checkpoint(model, opt, tmp_path) == (3, 60)
     restored = {n: opt.state[p]["step"].item() for n, p in model.named_parameters() if p in opt.state}
     assert restored == steps
+    for p in opt.state:  # moments of scalars (the temperature) too come back in the parameter's shape
+        assert opt.state[p]["exp_avg"].shape == opt.state[p]["exp_avg_sq"].shape == p.shape
     # A checkpoint from before step counts were saved: every parameter gets the steps done in all.
     old = {k: v for k, v in saved.items() if not k.startswith("opt.step.")}
     save_file(old, str(tmp_path / "checkpoint.safetensors"), metadata={"step": "3", "reader_step": "60"})
@@ -330,3 +364,18 @@ def test_init_goes_on_from_a_trained_delta(tmp_path, monkeypatch, one_process):
     assert metrics["steps"] == 2 and metrics["reader_steps"] == 0 and metrics["init"] == second.init
     rows = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").open()]
     assert [r["step"] for r in rows] == [1, 2]
+
+    # --output-level on a delta without it: the level is added (temperature 20) and trains with the rest
+    third = small_run(
+        tmp_path / "c", "--init", str(tmp_path / "a" / "model"), "--output-level", "--steps", "2"
+    )
+    torch.manual_seed(0)
+    model = initial_model(third)
+    assert model.config.output_level and model.output_log_scale.item() == pytest.approx(math.log(20.0))
+    train(model, docs, third)
+    assert model.output_log_scale.item() != pytest.approx(math.log(20.0), abs=1e-4)
+    torch.manual_seed(0)
+    loaded = DocQAModel.from_pretrained(tmp_path / "c" / "model", merge=False)
+    assert loaded.config.output_level
+    for name, value in loaded.delta_state_dict().items():
+        torch.testing.assert_close(value, model.delta_state_dict()[name], atol=1e-2, rtol=1e-2)  # fp16
