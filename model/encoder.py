@@ -207,9 +207,11 @@ class BSBREncoderOutput:
 
 
 def chunk_means(x: Tensor, mask: Tensor) -> Tensor:
-    """Masked mean of each chunk: x (B, N*C, hidden), mask (B, N, C) bool -> (B, N, hidden)."""
+    """Masked mean of each chunk: x (B, T, hidden) with T <= N*C (the tail is padding), mask (B, N, C)
+    bool -> (B, N, hidden)."""
     B, N, C = mask.shape
     m = mask.to(x.dtype)
+    x = F.pad(x, (0, 0, 0, N * C - x.shape[1]))  # (B, N*C, hidden)
     total = torch.einsum("bncd,bnc->bnd", x.view(B, N, C, -1), m)  # (B, N, hidden)
     return total / m.sum(-1, keepdim=True).clamp(min=1)
 
@@ -271,7 +273,7 @@ class BSBRAttention(nn.Module):
         """
         c = self.config
         B, T, _ = x.shape
-        summaries = chunk_means(F.pad(x, (0, 0, 0, mask.numel() // B - T)), mask)  # (B, N, hidden)
+        summaries = chunk_means(x, mask)  # (B, N, hidden)
         meta_in = summaries
         if c.causal:  # r_c summarises chunk c-1 only (the cache's last chunk, or zeros, for the first)
             first = cache[3].expand(B, -1) if cache is not None else torch.zeros_like(summaries[:, 0])
@@ -410,9 +412,12 @@ class BSBREncoder(nn.Module):
             all_logits.append(logits)
         out_cache = None
         if return_cache:
-            outputs = chunk_means(F.pad(x, (0, 0, 0, N * C - T)), mask)  # (B, N, hidden)
             out_cache = DocumentCache(
-                [s for s, _, _ in new], [k for _, k, _ in new], [m for _, _, m in new], mask.any(-1), outputs
+                [s for s, _, _ in new],
+                [k for _, k, _ in new],
+                [m for _, _, m in new],
+                mask.any(-1),
+                chunk_means(x, mask),  # (B, N, hidden) mean output of each chunk
             )
             out_cache = cache.append(out_cache) if cache is not None else out_cache
         return BSBREncoderOutput(x, out_cache, all_logits if return_retrieval else None)

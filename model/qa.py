@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from model.encoder import BSBREncoder, DocumentCache
+from model.encoder import BSBREncoder, DocumentCache, chunk_means
 
 DELTA_FORMAT = "bsbr-docqa-delta"
 DELTA_VERSION = 1
@@ -255,8 +255,7 @@ class DocQAModel(nn.Module):
         mean = torch.where(finite, logits, 0).sum((0, 2)) / finite.sum((0, 2)).clamp(min=1)  # (B, N)
         scores = mean * self.retrieval_log_scale.exp()
         if self.config.output_level:
-            m = question_mask.to(out.last_hidden_state.dtype)[..., None]  # (B, Lq, 1)
-            question = (out.last_hidden_state * m).sum(1) / m.sum(1).clamp(min=1)  # (B, hidden)
+            question = chunk_means(out.last_hidden_state, question_mask.bool()[:, None])[:, 0]  # (B, hidden)
             chunks = F.normalize(cache.outputs.float(), dim=-1).transpose(1, 2)  # (1 or B, hidden, N)
             cosine = (F.normalize(question.float(), dim=-1)[:, None] @ chunks)[:, 0]  # (B, N)
             scores = scores.float() + cosine * self.output_log_scale.exp()  # fp32: bf16 blurs the sum

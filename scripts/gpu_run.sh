@@ -28,6 +28,9 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 STEPS=${TRAIN_STEPS:-1500}
 for step in "$@"; do
   echo "=== $step $(date +%T)"
+  # train and train-ddp write /tmp/qa, which a warm machine keeps from the last call: start afresh unless
+  # RESUME=1 (--init goes on from a delta instead)
+  case $step in train|train-ddp) [ "${RESUME:-0}" = 1 ] || rm -rf /tmp/qa ;; esac
   case $step in
     tests) timeout 120 python3 -m pytest -q -m gpu tests/model 2>&1 | tee "$OUT/gpu_tests.log" ;;
     bench) timeout 300 python3 -m model.bench --device cuda --backward --json "$OUT/bench.json" \
@@ -38,8 +41,6 @@ for step in "$@"; do
              --steps "$STEPS" --max-minutes "${TRAIN_MINUTES:-7}" 2>&1 | tee "$OUT/train.log"
            mkdir -p "$OUT/qa" && cp -r /tmp/qa/model /tmp/qa/metrics.json /tmp/qa/log.jsonl "$OUT/qa/" ;;
     train-ddp) # TRAIN_DATA, TRAIN_MINUTES, LORA_RANK; TRAIN_ARGS adds options (e.g. --retrieval-questions 512)
-           # a warm machine still has the last call's /tmp/qa: start afresh (--init goes on from a delta)
-           [ "${RESUME:-0}" = 1 ] || rm -rf /tmp/qa
            timeout 590 python3 -m torch.distributed.run --standalone --nproc_per_node="$GPUS" -m model.train \
              --data "${TRAIN_DATA:-.carry/train.safetensors.xz}" --out /tmp/qa --steps 100000 --docs-per-step "$GPUS" \
              --fit-minutes "${TRAIN_MINUTES:-7.5}" --max-minutes "$(python3 -c "print(${TRAIN_MINUTES:-7.5}+0.4)")" \
