@@ -14,16 +14,20 @@ Shape legend
   built on layer inputs, never see) times a second learned temperature.
 - Reader: "[CLS] question [SEP] passage [SEP]" for each candidate passage, one chunk each, retrieving
   from the document cache (or from nothing, for the FAISS/BM25 baselines); a start/end head gives spans.
+  With `reader_lora_rank`, reader rows run through a twin of the encoder that shares all its weights
+  but has LoRA adapters of its own: the span loss then reaches the states that rank chunks only through
+  the document cache.
   A passage's has-answer score is best_start + best_end - cls_start - cls_end (FINDINGS.md), which
   reranks candidates; below `abstain_threshold` the model abstains.
 
 The trained part ships as a small delta over the packaged all-MiniLM-L6-v2: LoRA adapters on every
-linear layer of the encoder, the BSBR meta projections and gates, the span head and the retrieval
-temperature (fp16 safetensors + config.json).
+linear layer of the encoder (and of the reader twin, if any), the BSBR meta projections and gates, the
+span head and the retrieval temperatures (fp16 safetensors + config.json).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields
@@ -73,10 +77,16 @@ class QAConfig:
     rerank_retrieval_weight: float = 0.0
     # a retrieval level on the last layer's output (cosine of mean outputs) added to the block retrieval
     output_level: bool = False
+    # > 0: the reader rows get adapters of their own, of this rank (same alpha / rank scale), so that span
+    # training does not pull the document and question passes' states away from retrieval; 0: shared.
+    # (Run 9 tried 64: the same retrieval as shared adapters, docs/BENCHMARKS.md.)
+    reader_lora_rank: int = 0
 
     def __post_init__(self) -> None:
-        if self.lora_rank < 0:
-            raise ValueError(f"lora_rank must be >= 0, got {self.lora_rank}")
+        if self.lora_rank < 0 or self.reader_lora_rank < 0:
+            raise ValueError(f"LoRA ranks must be >= 0, got {self.lora_rank} and {self.reader_lora_rank}")
+        if self.reader_lora_rank and not self.lora_rank:
+            raise ValueError("reader_lora_rank needs lora_rank > 0 (its alpha / rank scale)")
         for name in ("question_tokens", "passage_tokens", "max_answer_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive")
@@ -118,10 +128,15 @@ class LoRALinear(nn.Module):
         return self.base(x) + F.linear(F.linear(x, self.lora_a), self.lora_b) * self.scale
 
     def merged(self) -> nn.Linear:
-        """A plain Linear computing the same function (for inference: no adapter overhead)."""
+        """A new plain Linear computing the same function (for inference: no adapter overhead). The base
+        layer is left as it is: the reader's adapters may wrap the same one."""
+        merged = nn.Linear(self.base.in_features, self.base.out_features, bias=self.base.bias is not None)
+        merged = merged.to(self.base.weight.device, self.base.weight.dtype)
         with torch.no_grad():
-            self.base.weight += (self.lora_b @ self.lora_a) * self.scale
-        return self.base
+            merged.weight.copy_(self.base.weight + (self.lora_b @ self.lora_a) * self.scale)
+            if self.base.bias is not None:
+                merged.bias.copy_(self.base.bias)
+        return merged
 
 
 def add_lora(encoder: BSBREncoder, rank: int, alpha: float) -> None:
@@ -131,6 +146,16 @@ def add_lora(encoder: BSBREncoder, rank: int, alpha: float) -> None:
             parent_name, _, leaf = name.rpartition(".")
             parent = layer.get_submodule(parent_name) if parent_name else layer
             setattr(parent, leaf, LoRALinear(getattr(parent, leaf), rank, alpha))
+
+
+def reader_twin(encoder: BSBREncoder) -> BSBREncoder:
+    """A second encoder for the reader rows that shares every parameter of `encoder` (base weights, meta
+    projections, gates): only the LoRA adapters added to it afterwards are its own."""
+    twin = copy.deepcopy(encoder)
+    for name, _ in list(twin.named_parameters()):
+        module_name, _, leaf = name.rpartition(".")
+        setattr(twin.get_submodule(module_name), leaf, encoder.get_parameter(name))
+    return twin
 
 
 def merge_lora(module: nn.Module) -> None:
@@ -157,8 +182,13 @@ class DocQAModel(nn.Module):
         self.output_log_scale = None
         if config.output_level:
             self.add_output_level()
+        # with reader_lora_rank, reader rows run through a twin encoder with adapters of its own
+        self.reader_encoder = reader_twin(encoder) if config.reader_lora_rank else None
         if config.lora_rank:
             add_lora(encoder, config.lora_rank, config.lora_alpha)
+        if self.reader_encoder is not None:
+            scale = config.lora_alpha / config.lora_rank
+            add_lora(self.reader_encoder, config.reader_lora_rank, scale * config.reader_lora_rank)
 
     def add_output_level(self) -> None:
         """Turn on the output retrieval level (a trained model without it goes on training with it).
@@ -190,7 +220,13 @@ class DocQAModel(nn.Module):
         return params
 
     def delta_state_dict(self) -> dict[str, Tensor]:
-        return {k: v for k, v in self.state_dict().items() if any(key in k for key in TRAINED_EXACTLY)}
+        """The trained tensors, each once (the reader twin's shared ones are the encoder's)."""
+        return {
+            k: v
+            for k, v in self.state_dict().items()
+            if any(key in k for key in TRAINED_EXACTLY)
+            and ("lora_" in k or not k.startswith("reader_encoder."))
+        }
 
     def save_delta(self, folder: str | Path, metadata: dict | None = None) -> None:
         """fp16 safetensors of the trained part + config.json (base weights come from the package)."""
@@ -223,6 +259,8 @@ class DocQAModel(nn.Module):
         model.load_state_dict(delta, strict=False)
         if merge:
             merge_lora(model.encoder)
+            if model.reader_encoder is not None:
+                merge_lora(model.reader_encoder)
         return model.eval()
 
     def document_cache(
@@ -269,7 +307,8 @@ class DocQAModel(nn.Module):
         Returns:
             start, end logits (B, Lr), fp32, -inf at padding.
         """
-        out = self.encoder(input_ids, mask, token_types, cache=cache, chunk_size=input_ids.shape[1])
+        encoder = self.encoder if self.reader_encoder is None else self.reader_encoder
+        out = encoder(input_ids, mask, token_types, cache=cache, chunk_size=input_ids.shape[1])
         logits = self.span_head(out.last_hidden_state).float()  # (B, Lr, 2)
         logits = logits.masked_fill(~mask.bool()[..., None], -math.inf)
         return logits[..., 0], logits[..., 1]

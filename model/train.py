@@ -12,11 +12,13 @@ whose target is [CLS] ("not here"). With --reader-steps N, N cheaper steps of th
 (gold chunk and one in-document negative per question, no document pass, no cache): run 4 found the
 reader under-trained by the joint steps alone (F1 75.3 -> 78.8 on dev gold chunks). --init DIR starts
 from a trained delta instead (more joint steps for an earlier run, in a later call). --output-level adds
-the retrieval level on the last layer's output (model/qa.py), also to an --init delta without it. Only
-the delta trains: LoRA adapters, meta projections, gates, span head, retrieval temperatures. Seeded; logs JSON
-lines; checkpoints (safetensors, no pickle) every --save-every steps and resumes from --out when a
-checkpoint is there. At the end it validates on the held-out articles, calibrates the abstention
-threshold and writes the delta to --out/model.
+the retrieval level on the last layer's output (model/qa.py), also to an --init delta without it.
+--reader-lora-rank R gives the reader rows LoRA adapters of their own (model/qa.py): the reader phase then
+leaves the document and question passes as MiniLM made them, and the span loss reaches them only through
+the document cache the reader rows read. Only the delta trains: LoRA adapters, meta projections, gates,
+span head, retrieval temperatures. Seeded; logs JSON lines; checkpoints (safetensors, no pickle) every
+--save-every steps and resumes from --out when a checkpoint is there. At the end it validates on the
+held-out articles, calibrates the abstention threshold and writes the delta to --out/model.
 
 Several GPUs (issue 6): `torchrun --nproc_per_node=N -m model.train ... --docs-per-step K` trains with
 DistributedDataParallel (NCCL on GPUs, gloo on CPU). A step then reads K documents (the global batch),
@@ -443,6 +445,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--lora-rank", type=int, default=None, help="LoRA rank (default 16; with --init, its rank)"
     )
     p.add_argument("--lora-alpha", type=float, default=None, help="LoRA scale numerator (default 2 x rank)")
+    p.add_argument(
+        "--reader-lora-rank",
+        type=int,
+        default=None,
+        help="give the reader rows adapters of their own, of this rank (default 0: shared with the document "
+        "and question passes; with --init, its rank)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=500)
     p.add_argument("--log-every", type=int, default=50)
@@ -553,6 +562,7 @@ def initial_model(args: argparse.Namespace) -> DocQAModel:
         for flag, asked, saved in (
             ("--lora-rank", args.lora_rank, model.config.lora_rank),
             ("--lora-alpha", args.lora_alpha, model.config.lora_alpha),
+            ("--reader-lora-rank", args.reader_lora_rank, model.config.reader_lora_rank),
         ):
             if asked is not None and asked != saved:
                 raise ValueError(f"{flag} {asked} differs from the {saved} of --init {args.init}")
@@ -561,7 +571,13 @@ def initial_model(args: argparse.Namespace) -> DocQAModel:
         return model
     rank = 16 if args.lora_rank is None else args.lora_rank
     alpha = args.lora_alpha if args.lora_alpha is not None else 2.0 * rank
-    return DocQAModel.from_minilm(QAConfig(lora_rank=rank, lora_alpha=alpha, output_level=args.output_level))
+    config = QAConfig(
+        lora_rank=rank,
+        lora_alpha=alpha,
+        output_level=args.output_level,
+        reader_lora_rank=args.reader_lora_rank or 0,
+    )
+    return DocQAModel.from_minilm(config)
 
 
 def train(model: DocQAModel, docs: Documents, args: argparse.Namespace) -> dict:

@@ -379,3 +379,113 @@ def test_init_goes_on_from_a_trained_delta(tmp_path, monkeypatch, one_process):
     assert loaded.config.output_level
     for name, value in loaded.delta_state_dict().items():
         torch.testing.assert_close(value, model.delta_state_dict()[name], atol=1e-2, rtol=1e-2)  # fp16
+
+
+def twin_model(seed=0):
+    """tiny_model with reader adapters of their own (rank 2) and the output level."""
+    torch.manual_seed(seed)
+    config = QAConfig(
+        lora_rank=4, reader_lora_rank=2, output_level=True, question_tokens=8, passage_tokens=14
+    )
+    return DocQAModel(config, BSBREncoder(BSBRConfig(**TINY))).eval()
+
+
+def test_reader_twin_shares_every_weight_but_its_adapters():
+    model = twin_model()
+    enc, twin = model.encoder, model.reader_encoder
+    assert twin.layers[0].attention.meta_query.weight is enc.layers[0].attention.meta_query.weight
+    assert twin.layers[1].attention.query.base.weight is enc.layers[1].attention.query.base.weight
+    assert twin.layers[1].attention.query.lora_a is not enc.layers[1].attention.query.lora_a
+    assert twin.layers[1].attention.query.lora_a.shape[0] == 2
+    assert twin.layers[1].attention.query.scale == enc.layers[1].attention.query.scale  # alpha / rank
+    trained = {id(p) for p in model.trainable_parameters()}
+    assert id(twin.layers[0].output.lora_b) in trained and id(enc.layers[0].output.lora_b) in trained
+    delta = model.delta_state_dict()
+    twin_keys = [k for k in delta if k.startswith("reader_encoder.")]
+    assert twin_keys and all("lora_" in k for k in twin_keys)  # shared tensors are saved once
+    assert "encoder.layers.0.attention.meta_query.weight" in delta
+    with pytest.raises(ValueError, match="reader_lora_rank needs lora_rank"):
+        QAConfig(lora_rank=0, reader_lora_rank=4)
+
+
+def test_reader_adapters_move_the_reader_and_not_the_ranking():
+    model = twin_model()
+    ids = torch.randint(5, 200, (5, 16))
+    cache = model.document_cache(ids, torch.ones_like(ids))
+    q_ids, q_mask = question_rows([[7, 8, 9]], 1, 2)
+    r_ids, r_mask, r_types, _ = reader_rows([[7, 8, 9]], [[10, 11, 12]], 1, 2)
+
+    def outputs():
+        c = model.document_cache(ids, torch.ones_like(ids))
+        return model.retrieval_scores(q_ids, q_mask, cache), model.read(r_ids, r_mask, r_types, None)[0], c
+
+    scores, start, c = outputs()
+    torch.testing.assert_close(c.outputs, cache.outputs)
+    with torch.no_grad():
+        for name, p in model.reader_encoder.named_parameters():
+            if "lora_b" in name:
+                p.normal_()
+    scores2, start2, c2 = outputs()
+    torch.testing.assert_close(scores2, scores)  # the ranking and the document pass do not see them
+    torch.testing.assert_close(c2.outputs, cache.outputs)
+    assert not torch.allclose(start2[torch.isfinite(start2)], start[torch.isfinite(start)])
+    with torch.no_grad():
+        for name, p in model.encoder.named_parameters():
+            if "lora_b" in name:
+                p.normal_()
+    scores3, start3, _ = outputs()
+    assert not torch.allclose(scores3, scores2)
+    torch.testing.assert_close(start3, start2)  # reading without a cache: the twin's adapters alone
+
+
+def test_reader_twin_delta_round_trip_merged(tmp_path, monkeypatch):
+    model = twin_model()
+    with torch.no_grad():
+        for p in model.trainable_parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    model.save_delta(tmp_path)
+    monkeypatch.setattr(
+        BSBREncoder, "from_minilm", classmethod(lambda cls, **kw: BSBREncoder(BSBRConfig(**TINY)))
+    )
+    torch.manual_seed(0)  # same base weights as twin_model(seed=0)
+    loaded = DocQAModel.from_pretrained(tmp_path)  # both adapter sets merged into their own Linears
+    assert loaded.config.reader_lora_rank == 2
+    assert not any("lora_" in n for n, _ in loaded.named_parameters())
+    ids = torch.randint(5, 200, (5, 16))
+    q_ids, q_mask = question_rows([[7, 8, 9]], 1, 2)
+    r_ids, r_mask, r_types, _ = reader_rows([[7, 8, 9]], [[10, 11, 12]], 1, 2)
+    for m in (model, loaded):
+        cache = m.document_cache(ids, torch.ones_like(ids))
+        m.results = (m.retrieval_scores(q_ids, q_mask, cache), m.read(r_ids, r_mask, r_types, cache)[0])
+    for expected, got in zip(model.results, loaded.results, strict=True):
+        finite = torch.isfinite(expected)
+        torch.testing.assert_close(got[finite], expected[finite], atol=3e-2, rtol=3e-2)  # fp16 delta
+
+
+def test_reader_phase_with_reader_adapters_leaves_the_ranking_as_it_was(tmp_path, monkeypatch, one_process):
+    from model.train import gold_exact, initial_model, train
+
+    monkeypatch.setattr(
+        BSBREncoder, "from_minilm", classmethod(lambda cls, **kw: BSBREncoder(BSBRConfig(**TINY)))
+    )
+    flags = ["--reader-steps", "60", "--reader-questions", "8", "--lora-rank", "4", "--reader-lora-rank", "2"]
+    flags.append("--output-level")  # every adapter of the document encoder then feeds the ranking
+    args = small_run(tmp_path, "--steps", "0", *flags)
+    torch.manual_seed(0)
+    model = initial_model(args)
+    assert (model.config.lora_rank, model.config.reader_lora_rank) == (4, 2)
+    model.config.question_tokens, model.config.passage_tokens = 8, 14
+    before = {n: p.detach().clone() for n, p in model.encoder.named_parameters()}
+    twin = {n: p.detach().clone() for n, p in model.reader_encoder.named_parameters() if "lora_" in n}
+    docs = Documents(synthetic_documents())
+    train(model, docs, args)
+    for name, p in model.encoder.named_parameters():  # the reader phase trains the twin's adapters only
+        assert torch.equal(p.detach(), before[name]), name
+    assert all(
+        not torch.equal(p, twin[n]) for n, p in model.reader_encoder.named_parameters() if "lora_b" in n
+    )
+    assert sum(gold_exact(model.eval(), docs, list(range(len(docs.q_ids))), torch.device("cpu"))) >= 14
+    args.steps = 2  # resumed: the joint steps then train the document encoder's adapters as well
+    train(model.train(), docs, args)
+    lora = [n for n, _ in model.encoder.named_parameters() if "lora_b" in n]
+    assert all(not torch.equal(model.encoder.get_parameter(n).detach(), before[n]) for n in lora)
