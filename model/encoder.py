@@ -48,6 +48,9 @@ class BSBRConfig:
     compression_factor: int | None = None  # learned D*D -> D*D/f state compression; None = off
     hidden_dropout: float = 0.1
     attention_dropout: float = 0.1  # on local attention probabilities; both only in training
+    # the cache's chunk outputs: means of windows of this many tokens (several vectors per chunk);
+    # None = one mean per chunk
+    output_window: int | None = None
 
     def __post_init__(self) -> None:
         for name in (
@@ -81,6 +84,9 @@ class BSBRConfig:
             raise ValueError(
                 f"compression_factor must be a positive int dividing head_dim**2 = {self.head_dim**2}"
             )
+        w = self.output_window
+        if w is not None and (not isinstance(w, int) or w < 1):
+            raise ValueError(f"output_window must be a positive int or None, got {w!r}")
         for name in ("hidden_dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
@@ -108,8 +114,9 @@ class DocumentCache:
     keys: per layer (B, H, N, D) meta keys h_j.
     summaries: per layer (B, hidden) mean layer input of the LAST chunk (the next chunk's causal meta query).
     valid: (B, N) bool, False for all-padding chunks (never retrieved).
-    outputs: (B, N, hidden) mean last-layer output of each chunk (the QA model's output retrieval level),
-        or None in caches saved without it.
+    outputs: (B, N, V, hidden) mean last-layer output of each of a chunk's V windows (the QA model's
+        output retrieval level; V = 1 without BSBRConfig.output_window), all zeros for a window without
+        real tokens; or None in caches saved without it. (B, N, hidden) from older caches becomes V = 1.
     """
 
     states: list[Tensor]
@@ -117,6 +124,10 @@ class DocumentCache:
     summaries: list[Tensor]
     valid: Tensor
     outputs: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.outputs is not None and self.outputs.dim() == 3:
+            self.outputs = self.outputs.unsqueeze(2)
 
     @property
     def n_chunks(self) -> int:
@@ -213,6 +224,18 @@ def chunk_means(x: Tensor, mask: Tensor) -> Tensor:
     m = mask.to(x.dtype)
     x = F.pad(x, (0, 0, 0, N * C - x.shape[1]))  # (B, N*C, hidden)
     total = torch.einsum("bncd,bnc->bnd", x.view(B, N, C, -1), m)  # (B, N, hidden)
+    return total / m.sum(-1, keepdim=True).clamp(min=1)
+
+
+def window_means(x: Tensor, mask: Tensor, window: int) -> Tensor:
+    """Masked mean of each window of `window` tokens of each chunk: x (B, T, hidden) with T <= N*C, mask
+    (B, N, C) bool -> (B, N, V, hidden), V = ceil(C / window); a window without real tokens is zeros."""
+    B, N, C = mask.shape
+    V = math.ceil(C / window)
+    x = F.pad(x, (0, 0, 0, N * C - x.shape[1])).view(B, N, C, -1)
+    x = F.pad(x, (0, 0, 0, V * window - C)).view(B, N, V, window, -1)
+    m = F.pad(mask, (0, V * window - C)).view(B, N, V, window).to(x.dtype)
+    total = torch.einsum("bnvwd,bnvw->bnvd", x, m)  # (B, N, V, hidden)
     return total / m.sum(-1, keepdim=True).clamp(min=1)
 
 
@@ -417,7 +440,7 @@ class BSBREncoder(nn.Module):
                 [k for _, k, _ in new],
                 [m for _, _, m in new],
                 mask.any(-1),
-                chunk_means(x, mask),  # (B, N, hidden) mean output of each chunk
+                window_means(x, mask, self.config.output_window or C),  # (B, N, V, hidden)
             )
             out_cache = cache.append(out_cache) if cache is not None else out_cache
         return BSBREncoderOutput(x, out_cache, all_logits if return_retrieval else None)

@@ -11,7 +11,9 @@ Shape legend
   over the document chunks, averaged over heads and layers and scaled by a learned temperature, rank
   the evidence (`retrieval_scores`). With `output_level`, a seventh retrieval level on the last layer's
   output joins them: the cosine of the question's and each chunk's mean output (which the six BSBR levels,
-  built on layer inputs, never see) times a second learned temperature.
+  built on layer inputs, never see) times a second learned temperature. With the encoder's
+  `output_window`, a chunk's cosine is that of its best window (the mean output of each run of that many
+  tokens): a 256-token mean blurs the sentence a question is about.
 - Reader: "[CLS] question [SEP] passage [SEP]" for each candidate passage, one chunk each, retrieving
   from the document cache (or from nothing, for the FAISS/BM25 baselines); a start/end head gives spans.
   With `reader_lora_rank`, reader rows run through a twin of the encoder that shares all its weights
@@ -294,8 +296,12 @@ class DocQAModel(nn.Module):
         scores = mean * self.retrieval_log_scale.exp()
         if self.config.output_level:
             question = chunk_means(out.last_hidden_state, question_mask.bool()[:, None])[:, 0]  # (B, hidden)
-            chunks = F.normalize(cache.outputs.float(), dim=-1).transpose(1, 2)  # (1 or B, hidden, N)
-            cosine = (F.normalize(question.float(), dim=-1)[:, None] @ chunks)[:, 0]  # (B, N)
+            outputs = cache.outputs.float()  # (1 or B, N, V, hidden): V windows per chunk
+            windows = F.normalize(outputs, dim=-1).flatten(1, 2).transpose(1, 2)  # (1 or B, hidden, N*V)
+            cosine = (F.normalize(question.float(), dim=-1)[:, None] @ windows).view(-1, *outputs.shape[1:3])
+            empty = (outputs == 0).all(-1)  # (1 or B, N, V) windows without real tokens
+            # a chunk's best window; an empty one scores -2, under any cosine (finite: no NaN gradients)
+            cosine = cosine.masked_fill(empty, -2.0).amax(-1)  # (B, N)
             scores = scores.float() + cosine * self.output_log_scale.exp()  # fp32: bf16 blurs the sum
         return scores.masked_fill(~finite.any(2).any(0), -math.inf)
 

@@ -108,7 +108,30 @@ def test_streaming_document_equals_whole_pass(overrides):
     # outputs: each chunk's mean last-layer output over its real tokens (0 for the all-padding chunk)
     m = mask.float()[..., None]
     expected = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
-    assert cache.outputs.shape == (1, 13, 32) and (cache.outputs[0] - expected).abs().max() < 1e-5
+    assert cache.outputs.shape == (1, 13, 1, 32) and (cache.outputs[0, :, 0] - expected).abs().max() < 1e-5
+
+
+def test_output_windows_are_masked_means_of_each_chunks_windows():
+    """output_window: the cache keeps the mean output of each window of a chunk (zeros where a window has
+    no real token), the same streamed or whole; a cache of (B, N, hidden) outputs reads as one window."""
+    model = tiny_encoder(output_window=3)  # 8-token chunks: windows of 3, 3 and 2 tokens
+    ids, mask = document()  # chunk 3 has 5 real tokens (its last window is empty), chunk 7 none
+    with torch.no_grad():
+        whole = model(ids.view(1, -1), mask.view(1, -1), return_cache=True)
+    cache, hidden = model.encode_document(ids, mask, batch_chunks=4, return_hidden=True)
+    assert cache.outputs.shape == (1, 13, 3, 32)
+    assert (cache.outputs - whole.cache.outputs).abs().max() < 1e-5
+    for c in (0, 3, 12):
+        for v, (a, b) in enumerate([(0, 3), (3, 6), (6, 8)]):
+            m = mask[c, a:b].float()[:, None]
+            expected = (hidden[c, a:b] * m).sum(0) / m.sum().clamp(min=1)
+            assert (cache.outputs[0, c, v] - expected).abs().max() < 1e-5, (c, v)
+    assert (cache.outputs[0, 3, 2] == 0).all() and (cache.outputs[0, 3, :2] != 0).any(-1).all()
+    assert (cache.outputs[0, 7] == 0).all()
+    old = DocumentCache(cache.states, cache.keys, cache.summaries, cache.valid, cache.outputs[:, :, 0])
+    assert old.outputs.shape == (1, 13, 1, 32)
+    with pytest.raises(ValueError, match="output_window"):
+        BSBRConfig(output_window=0)
 
 
 def test_question_chunk_against_document_cache():
@@ -203,7 +226,7 @@ def test_cache_append_and_broadcast():
     )
     assert wide.batch_size == 3 and wide.n_chunks == 12
     assert wide.outputs is None  # one part has no outputs: the whole has none
-    assert DocumentCache.concat([a, a]).outputs.shape == (1, 12, 32)
+    assert DocumentCache.concat([a, a]).outputs.shape == (1, 12, 1, 32)
 
 
 def test_config_roundtrip_and_checks(tmp_path):

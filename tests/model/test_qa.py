@@ -122,6 +122,37 @@ def test_output_level_adds_scaled_cosines_of_mean_last_layer_outputs():
         model.retrieval_scores(q_ids, q_mask, cache)
 
 
+def test_output_level_with_windows_scores_each_chunk_by_its_best_window():
+    torch.manual_seed(0)
+    config = QAConfig(lora_rank=4, output_level=True, question_tokens=8, passage_tokens=14)
+    model = DocQAModel(config, BSBREncoder(BSBRConfig(**TINY, output_window=5))).eval()
+    ids = torch.randint(5, 200, (6, 16))
+    mask = torch.ones_like(ids)
+    mask[2, 9:], ids[2, 9:] = 0, 0  # chunk 2: windows 3 and 4 (of 5, 5, 5 and 1 tokens) are empty
+    mask[5], ids[5] = 0, 0
+    q_ids, q_mask = question_rows([[7, 8, 9], [10]], 1, 2)
+    cache, hidden = model.encoder.encode_document(ids, mask, return_hidden=True)
+    assert cache.outputs.shape == (1, 6, 4, 32)
+    with torch.no_grad():
+        model.output_log_scale.fill_(math.log(3.0))
+        scores = model.retrieval_scores(q_ids, q_mask, cache)
+        q_out = model.encoder(q_ids, q_mask, cache=cache, chunk_size=q_ids.shape[1]).last_hidden_state
+        model.output_log_scale.fill_(-60.0)  # the six BSBR levels alone
+        blocks = model.retrieval_scores(q_ids, q_mask, cache)
+    q_mean = (q_out * q_mask[..., None]).sum(1) / q_mask.sum(1, keepdim=True)
+    expected = torch.full((2, 6), -math.inf)
+    for c in range(5):
+        for a in range(0, 16, 5):
+            m = mask[c, a : a + 5].float()
+            if m.sum() == 0:
+                continue
+            window = (hidden[c, a : a + 5] * m[:, None]).sum(0) / m.sum()
+            cos = F.cosine_similarity(q_mean, window[None], dim=-1)
+            expected[:, c] = torch.maximum(expected[:, c], cos)
+    torch.testing.assert_close(scores[:, :5], blocks[:, :5] + 3.0 * expected[:, :5], atol=1e-5, rtol=1e-5)
+    assert torch.isinf(scores[:, 5]).all()
+
+
 def test_question_pass_in_length_groups_gives_one_batch_scores_and_gradients():
     from model.train import CLS_ID, SEP_ID, question_scores
 
