@@ -220,11 +220,7 @@ class BSBREncoderOutput:
 def chunk_means(x: Tensor, mask: Tensor) -> Tensor:
     """Masked mean of each chunk: x (B, T, hidden) with T <= N*C (the tail is padding), mask (B, N, C)
     bool -> (B, N, hidden)."""
-    B, N, C = mask.shape
-    m = mask.to(x.dtype)
-    x = F.pad(x, (0, 0, 0, N * C - x.shape[1]))  # (B, N*C, hidden)
-    total = torch.einsum("bncd,bnc->bnd", x.view(B, N, C, -1), m)  # (B, N, hidden)
-    return total / m.sum(-1, keepdim=True).clamp(min=1)
+    return window_means(x, mask, mask.shape[-1])[:, :, 0]
 
 
 def window_means(x: Tensor, mask: Tensor, window: int) -> Tensor:
@@ -232,10 +228,11 @@ def window_means(x: Tensor, mask: Tensor, window: int) -> Tensor:
     (B, N, C) bool -> (B, N, V, hidden), V = ceil(C / window); a window without real tokens is zeros."""
     B, N, C = mask.shape
     V = math.ceil(C / window)
-    x = F.pad(x, (0, 0, 0, N * C - x.shape[1])).view(B, N, C, -1)
-    x = F.pad(x, (0, 0, 0, V * window - C)).view(B, N, V, window, -1)
-    m = F.pad(mask, (0, V * window - C)).view(B, N, V, window).to(x.dtype)
-    total = torch.einsum("bnvwd,bnvw->bnvd", x, m)  # (B, N, V, hidden)
+    x = F.pad(x, (0, 0, 0, N * C - x.shape[1])).view(B, N, C, -1)  # (B, N, C, hidden)
+    if V * window != C:  # the last window of each chunk is short: pad it
+        x, mask = F.pad(x, (0, 0, 0, V * window - C)), F.pad(mask, (0, V * window - C))
+    m = mask.reshape(B, N, V, window).to(x.dtype)
+    total = torch.einsum("bnvwd,bnvw->bnvd", x.reshape(B, N, V, window, -1), m)  # (B, N, V, hidden)
     return total / m.sum(-1, keepdim=True).clamp(min=1)
 
 

@@ -297,9 +297,10 @@ class DocQAModel(nn.Module):
         if self.config.output_level:
             question = chunk_means(out.last_hidden_state, question_mask.bool()[:, None])[:, 0]  # (B, hidden)
             outputs = cache.outputs.float()  # (1 or B, N, V, hidden): V windows per chunk
-            windows = F.normalize(outputs, dim=-1).flatten(1, 2).transpose(1, 2)  # (1 or B, hidden, N*V)
+            norms = outputs.norm(dim=-1, keepdim=True)  # 0 for a window without real tokens
+            windows = (outputs / norms.clamp(min=1e-12)).flatten(1, 2).transpose(1, 2)  # (., hidden, N*V)
             cosine = (F.normalize(question.float(), dim=-1)[:, None] @ windows).view(-1, *outputs.shape[1:3])
-            empty = (outputs == 0).all(-1)  # (1 or B, N, V) windows without real tokens
+            empty = norms[..., 0] == 0  # (1 or B, N, V)
             # a chunk's best window; an empty one scores -2, under any cosine (finite: no NaN gradients)
             cosine = cosine.masked_fill(empty, -2.0).amax(-1)  # (B, N)
             scores = scores.float() + cosine * self.output_log_scale.exp()  # fp32: bf16 blurs the sum

@@ -295,21 +295,27 @@ def pick(read: dict[str, torch.Tensor], weight: float) -> dict[str, torch.Tensor
     return {k: read[k][rows, best] for k in ("chunk", "reader", "start", "end")}
 
 
+def held_out_questions(docs: Documents, limit: int, seed: int = 0) -> dict[int, list[int]]:
+    """About `limit` questions of the held-out documents, spread over them in proportion to their
+    questions: {document: its sampled questions}, in document order."""
+    rng = random.Random(seed)
+    val_docs = [g for g, v in enumerate(docs.is_val) if v]
+    total = sum(len(docs.questions_of[g]) for g in val_docs)
+    return {
+        g: rng.sample(qs, min(len(qs), max(1, limit * len(qs) // total)))
+        for g, qs in ((g, docs.questions_of[g]) for g in val_docs)
+    }
+
+
 def validate(model: DocQAModel, docs: Documents, device, limit: int = 2000, seed: int = 0) -> dict:
     """On held-out docs: retrieval recall; the reader's exact span match on the gold chunks; the rerank
     weight (of RERANK_WEIGHTS) of best reranked recall@1; with it, span exact match, the abstention
     threshold (2nd percentile of the has-answer scores of exactly right answers) and the abstention
     rates that threshold gives."""
     model.eval()
-    rng = random.Random(seed)
-    val_docs = [g for g, v in enumerate(docs.is_val) if v]
-    questions = {g: docs.questions_of[g] for g in val_docs}
-    total = sum(len(q) for q in questions.values())
     stats: dict[str, list[float]] = {}
     reads, unanswerable_reads, golds, gold_hits = [], [], [], []
-    for g in val_docs:
-        qs = questions[g]
-        qs = rng.sample(qs, min(len(qs), max(1, limit * len(qs) // total)))
+    for g, qs in held_out_questions(docs, limit, seed).items():
         read = rank_and_read(model, docs, g, qs, device)
         gold = docs.q_chunk[qs]
         for k in (1, 5, 20, 50):

@@ -11,7 +11,6 @@ in the model's config.json (16 for the shipped model: the middle of the 8-16 pla
 
 import argparse
 import json
-import random
 import sys
 from pathlib import Path
 
@@ -20,18 +19,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.qa import DocQAModel  # noqa: E402
-from model.train import Documents, load_data, question_scores  # noqa: E402
+from model.train import Documents, held_out_questions, load_data, question_scores  # noqa: E402
 
 
 @torch.no_grad()
 def held_out_recall(model: DocQAModel, docs: Documents, limit: int, device: str) -> dict[int, float]:
-    rng = random.Random(0)  # the sample of model.train.validate(limit, seed=0)
-    val = [g for g, v in enumerate(docs.is_val) if v]
-    total = sum(len(docs.questions_of[g]) for g in val)
     hits: dict[int, list[float]] = {k: [] for k in (1, 5, 20, 50)}
-    for g in val:
-        qs = docs.questions_of[g]
-        qs = rng.sample(qs, min(len(qs), max(1, limit * len(qs) // total)))
+    for g, qs in held_out_questions(docs, limit).items():  # the sample of model.train.validate(limit)
         ids, mask = docs.chunks(g, device)
         cache = model.document_cache(ids, mask)
         first = docs.ranges[g][0]
