@@ -7,13 +7,24 @@ Sessions: a public Space is shared, so every DocQA call passes an owner. In the 
 random id kept in gr.BrowserState (localStorage: it survives reloads); API clients have no BrowserState
 and are identified by their Gradio session hash. Owners are prefixed ("browser:", "session:") so that no
 client can claim the CLI's "local" or the pre-ingest's "sample" documents.
+
+Every click is its own event, and events run side by side, in no set order (issue 21). So a new browser's
+id is derived from its page session (`Page.browser_id`), never drawn at random when the page loads: a click
+sent before the page load's answer carries no id yet, and still lands on the owner the load hands out. And
+a question waits for its owner's document changes under way (`DocumentChanges`), so that it is asked of the
+documents the visitor has just added or removed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
-import uuid
-from collections.abc import Callable, Sequence
+import secrets
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,6 +57,7 @@ FILE_TYPES = [".pdf", ".txt", ".md"]
 _BROWSER_ID = re.compile(r"[0-9a-f]{32}")
 # The secret only scrambles localStorage (the browser holds it too); fixing it keeps ids across restarts.
 _STORAGE_SECRET = "bsbr-docqa-browser-owner"
+_WAITING = "Waiting for your documents to finish indexing"
 _NO_DOCS = "No documents yet: upload a PDF, TXT or MD file, or load the sample novel."
 _PLOT_CAPTION = (
     "Best chunk score per page, scaled per method so they share an axis: BSBR as a softmax over "
@@ -108,11 +120,33 @@ def owner_of(browser_id: str | None, request: gr.Request | None) -> str:
     return f"session:{session}"
 
 
-def ensure_browser_id(browser_id: str | None) -> str:
-    """Keep a valid stored id; mint a random one for a new browser."""
-    if isinstance(browser_id, str) and _BROWSER_ID.fullmatch(browser_id):
-        return browser_id
-    return uuid.uuid4().hex
+class DocumentChanges:
+    """The document changes (uploads, sample loads, removals) under way, counted per owner."""
+
+    def __init__(self) -> None:
+        self._idle = threading.Condition()
+        self._running: Counter[str] = Counter()
+
+    @contextmanager
+    def running(self, owner: str) -> Iterator[None]:
+        with self._idle:
+            self._running[owner] += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._running[owner] -= 1
+                if not self._running[owner]:
+                    del self._running[owner]  # owners come and go: keep no zero counts
+                self._idle.notify_all()
+
+    def wait(self, owner: str, on_wait: Callable[[], None] | None = None) -> None:
+        """Return once `owner` has no change under way (at once when there is none); `on_wait` is called
+        first when there is one to wait for."""
+        with self._idle:
+            if self._running[owner] and on_wait is not None:
+                on_wait()
+            self._idle.wait_for(lambda: not self._running[owner])
 
 
 def _relay(progress: gr.Progress, prefix: str) -> Callable[[str, int, int], None]:
@@ -151,6 +185,23 @@ class Page:
         self.settings = settings
         self.sample = sample
         self.methods = plots.ordered_methods(qa.methods)
+        self.changes = DocumentChanges()
+        # Only derives ids for new browsers, which then keep theirs in localStorage: a fresh key per
+        # process is enough.
+        self._id_key = secrets.token_bytes(32)
+
+    def browser_id(self, stored: str | None, request: gr.Request) -> str:
+        """The browser's stored id, else the one its page session gets (the same for every event of
+        the page, whichever reaches the server first)."""
+        if isinstance(stored, str) and _BROWSER_ID.fullmatch(stored):
+            return stored
+        session = getattr(request, "session_hash", None)
+        if not session:
+            raise gr.Error("No session: reload the page.")
+        return hmac.new(self._id_key, session.encode(), hashlib.sha256).hexdigest()[:32]
+
+    def owner(self, browser_id: str | None, request: gr.Request) -> str:
+        return owner_of(self.browser_id(browser_id, request), request)
 
     def documents(self, owner: str) -> tuple[pd.DataFrame, gr.Dropdown]:
         docs = self.qa.documents(owner)
@@ -159,7 +210,7 @@ class Page:
         return table, gr.Dropdown(choices=choices, value=choices[0][1] if choices else None)
 
     def on_load(self, browser_id: str | None, request: gr.Request):
-        browser_id = ensure_browser_id(browser_id)
+        browser_id = self.browser_id(browser_id, request)
         return browser_id, *self.documents(owner_of(browser_id, request))
 
     def upload(
@@ -169,42 +220,56 @@ class Page:
         request: gr.Request,
         progress: gr.Progress = _PROGRESS,
     ):
-        owner, lines, paths = owner_of(browser_id, request), [], paths or []
-        if self.sample is not None and paths:
-            self.sample.wait(_relay(progress, "Waiting for the sample novel to finish indexing"))
-        for i, path in enumerate(paths, 1):
-            name = Path(path).name
-            try:
-                report = self.qa.ingest(
-                    path, progress=_relay(progress, f"{name} ({i}/{len(paths)})"), owner=owner
-                )
-                lines.append(_report_line(report))
-            except IngestError as err:
-                message = _error_line(name, err)
-                gr.Warning(message)
-                lines.append(f"✗ {plots.html.escape(message)}")
+        owner, paths = self.owner(browser_id, request), paths or []
+        with self.changes.running(owner):
+            if self.sample is not None and paths:
+                self.sample.wait(_relay(progress, "Waiting for the sample novel to finish indexing"))
+            lines = [
+                self._ingest_one(path, i, len(paths), owner, progress) for i, path in enumerate(paths, 1)
+            ]
         return None, "\n\n".join(lines), *self.documents(owner)
 
+    def _ingest_one(self, path: str, i: int, n: int, owner: str, progress: gr.Progress) -> str:
+        name = Path(path).name
+        try:
+            return _report_line(
+                self.qa.ingest(path, progress=_relay(progress, f"{name} ({i}/{n})"), owner=owner)
+            )
+        except IngestError as err:
+            message = _error_line(name, err)
+            gr.Warning(message)
+            return f"✗ {plots.html.escape(message)}"
+
     def delete(self, doc_id: str | None, browser_id: str | None, request: gr.Request):
-        owner = owner_of(browser_id, request)
+        owner = self.owner(browser_id, request)
         if not doc_id:
             gr.Warning("Choose a document to remove.")
         else:
             try:
-                self.qa.delete(doc_id, owner=owner)
+                with self.changes.running(owner):
+                    self.qa.delete(doc_id, owner=owner)
             except StoreError as err:
                 gr.Warning(str(err))
         return self.documents(owner)
 
     def load_sample(self, browser_id: str | None, request: gr.Request, progress: gr.Progress = _PROGRESS):
-        owner = owner_of(browser_id, request)
+        owner = self.owner(browser_id, request)
         try:
-            report = self.sample.load(owner, progress=_relay(progress, "Sample novel"))
+            with self.changes.running(owner):
+                report = self.sample.load(owner, progress=_relay(progress, "Sample novel"))
         except IngestError as err:
             message = _error_line(self.sample.path.name, err)
             gr.Warning(message)
             return gr.skip(), f"✗ {plots.html.escape(message)}", *self.documents(owner)
         return SAMPLE_QUESTIONS[0], _report_line(report), *self.documents(owner)
+
+    def settle(
+        self, question: str, browser_id: str | None, request: gr.Request, progress: gr.Progress = _PROGRESS
+    ) -> str:
+        """Wait for this visitor's document changes under way; pass the question on as it was asked
+        (a sample load that ends meanwhile puts its own question in the box)."""
+        self.changes.wait(self.owner(browser_id, request), lambda: progress(None, desc=_WAITING))
+        return question
 
     def ask_chat(
         self,
@@ -215,7 +280,7 @@ class Page:
         browser_id: str | None,
         request: gr.Request,
     ):
-        owner = owner_of(browser_id, request)
+        owner = self.owner(browser_id, request)
         question = " ".join((question or "").split())
         if not question:
             gr.Warning("Type a question first.")
@@ -386,7 +451,10 @@ def _ask_panel(methods: Sequence[str]) -> dict[str, gr.components.Component]:
         )
         c["ask"] = gr.Button("Ask", variant="primary", scale=1, min_width=80, elem_id="ask-btn")
     gr.Examples(
-        [[q] for q in SAMPLE_QUESTIONS], inputs=[c["question"]], label="Questions for the sample novel"
+        [[q] for q in SAMPLE_QUESTIONS],
+        inputs=[c["question"]],
+        label="Questions for the sample novel",
+        elem_id="examples",
     )
     with gr.Accordion("Options", open=False):
         c["methods"] = gr.CheckboxGroup(
@@ -450,11 +518,21 @@ def _wire(
         concurrency_limit=None,
         **_PRIVATE,
     )
-    ask_inputs = [ask["question"], ask["chat"], ask["methods"], ask["top_k"], browser_id]
+    asked = gr.State("")
+    ask_inputs = [asked, ask["chat"], ask["methods"], ask["top_k"], browser_id]
     plot = [results["plot"], results["plot_box"]]
     ask_outputs = [ask["question"], ask["chat"], results["cards"], *plot, results["plot_doc"], scores]
     for trigger in (ask["ask"].click, ask["question"].submit):
-        trigger(page.ask_chat, ask_inputs, ask_outputs, **_PRIVATE)
+        # The wait is a step of its own, without a concurrency limit: waiting inside ask_chat would hold
+        # the one slot that every visitor's questions queue for.
+        trigger(
+            page.settle,
+            [ask["question"], browser_id],
+            [asked],
+            show_progress_on=ask["chat"],
+            concurrency_limit=None,
+            **_PRIVATE,
+        ).success(page.ask_chat, ask_inputs, ask_outputs, **_PRIVATE)
     results["plot_doc"].input(page.replot, [results["plot_doc"], scores], plot, **_PRIVATE)
 
 

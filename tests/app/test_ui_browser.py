@@ -1,15 +1,20 @@
 """The web page in a real (headless) Chromium: upload, ask, answers per method with page citations,
-per-browser document lists, friendly errors, the sample button, phone width.
+per-browser document lists, friendly errors, the sample button, phone width, and a new visitor's first
+clicks sent before the page load has answered (issue 21).
 
 Screenshots of the main states go to test-artifacts/ (gitignored) for a person to look at.
 """
 
 from __future__ import annotations
 
+import json
+import re
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fpdf import FPDF
 
 from tests.app.conftest import ANSWER_NAME, MAX_FILE_MB, QUESTION, RunningApp
 
@@ -24,6 +29,9 @@ ARGS = [
 ]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 TIMEOUT_MS = 90_000  # an ingest or a question on 2 busy CPU cores
+DARCY = "Who is Mr. Darcy's friend who rents Netherfield?"  # the first of the page's example questions
+FERRY_QUESTION = "Who captains the ferry to Gullholm?"
+FERRY_CAPTAIN = "Ingrid Solberg"
 
 pytestmark = [
     pytest.mark.browser,
@@ -52,6 +60,43 @@ def open_app(browser, url: str, width: int = 1280, height: int = 900):
     return page
 
 
+class HeldLoad:
+    """Holds back the page load's event (the one that hands a new browser its id and its document list),
+    as a server busy indexing the sample novel does, until `release`: the page is usable meanwhile."""
+
+    JOIN = "**/gradio_api/queue/join*"
+
+    def __init__(self, page, url: str) -> None:
+        with urllib.request.urlopen(url + "config") as response:
+            dependencies = json.load(response)["dependencies"]
+        self.fn_index = next(d["id"] for d in dependencies if any(e == "load" for _, e in d["targets"]))
+        self.page, self.held = page, []
+        page.route(self.JOIN, self._route)
+
+    def _route(self, route) -> None:
+        if (route.request.post_data_json or {}).get("fn_index") == self.fn_index:
+            self.held.append(route)
+        else:
+            route.continue_()
+
+    def release(self) -> None:
+        assert self.held, "the page load was never sent"
+        for route in self.held:
+            route.continue_()
+        self.page.unroute(self.JOIN, self._route)
+        self.page.wait_for_function("Object.keys(localStorage).includes('bsbr-docqa-owner')")
+
+
+def open_app_load_held(browser, url: str) -> tuple:
+    """A new visitor (empty localStorage) at the issue's 1400x1000, its page load not answered yet."""
+    page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    load = HeldLoad(page, url)
+    page.goto(url)
+    expect(page.locator("#doc-table")).to_contain_text("Title")
+    return page, load
+
+
 def shot(page, name: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
@@ -66,6 +111,22 @@ def remove(page, title: str) -> None:
     page.locator("#remove-choice input").click()
     page.get_by_role("option", name=title).first.click()
     page.click("#remove-btn")
+
+
+@pytest.fixture(scope="module")
+def ferry_pdf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Eight pages about an island, the ferry's captain on page 5: long enough that indexing it takes a
+    moment, in which a question can be asked."""
+    topics = ["tides", "market", "school", "church bell", "fishing fleet", "lighthouse", "storms", "harbour"]
+    pdf = FPDF(format=(148, 210))
+    pdf.set_font("Helvetica", size=11)
+    for n, topic in enumerate(topics, 1):
+        pdf.add_page()
+        fact = f"The ferry to Gullholm is captained by {FERRY_CAPTAIN}. " if n == 5 else ""
+        pdf.multi_cell(0, 6, fact + f"Chapter {n} is about the {topic} of the island of Gullholm. " * 12)
+    path = tmp_path_factory.mktemp("ferry") / "gullholm_ferry.pdf"
+    pdf.output(str(path))
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -161,3 +222,56 @@ def test_phone_width_has_no_sideways_scroll(visitor) -> None:
     overflow = visitor.evaluate("document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 1
     shot(visitor, "05-phone")
+
+
+def test_new_visitor_sample_then_example_question_answers_from_the_sample(
+    browser, app_server: RunningApp
+) -> None:
+    """Issue 21's steps, for a new visitor whose sample click reaches the server before the page load:
+    the click and the load must agree on the owner, else the question finds no documents."""
+    page, load = open_app_load_held(browser, app_server.url)
+    try:
+        page.click("#sample-btn")
+        expect(page.locator("#status")).to_contain_text("tiny_novel: 1 page")
+        expect(page.locator("#doc-table")).to_contain_text("tiny_novel")
+        load.release()
+        expect(page.locator("#doc-table")).to_contain_text("tiny_novel")  # the load's list, same owner
+        page.locator("#examples").get_by_text(DARCY).click()
+        expect(page.locator("#question textarea")).to_have_value(DARCY)
+        page.click("#ask-btn")
+        expect(page.locator("#chat")).to_contain_text(re.compile("BM25|No documents yet"))  # the reply
+        assert "No documents yet" not in page.locator("#chat").inner_text()
+        expect(page.locator("#cards .card")).to_have_count(len(app_server.methods))
+        for method in app_server.methods:  # the tiny sample does not name Mr. Darcy: its passage is shown
+            evidence = page.locator(f"#cards .card.method-{method} .evidence").first
+            expect(evidence.locator(".cite")).to_have_text("page 1")
+            expect(evidence).to_contain_text("tiny_novel")
+            expect(evidence).to_contain_text("Netherfield Park is let at last")
+        shot(page, "06-sample-question")
+    finally:
+        page.context.close()
+
+
+def test_new_visitor_asks_while_the_upload_is_indexing(
+    browser, app_server: RunningApp, ferry_pdf: Path
+) -> None:
+    """Upload before the page load has answered, ask while the file is still indexing: the question
+    waits for it and is answered from it."""
+    page, load = open_app_load_held(browser, app_server.url)
+    try:
+        page.fill("#question textarea", FERRY_QUESTION)
+        upload(page, ferry_pdf)
+        indexing = page.locator("#upload").get_by_text("gullholm_ferry.pdf (1/1)")
+        done = page.locator("#doc-table").get_by_text("gullholm_ferry")
+        expect(indexing.or_(done).first).to_be_visible()  # indexing, or (on a fast machine) done
+        page.click("#ask-btn")
+        load.release()
+        for method in app_server.methods:
+            card = page.locator(f"#cards .card.method-{method}")
+            expect(card.locator(".answer")).to_contain_text(FERRY_CAPTAIN)
+            expect(card.locator(".evidence").first.locator(".cite")).to_have_text("page 5")
+        expect(page.locator("#chat")).to_contain_text(f"{FERRY_CAPTAIN} — page 5, gullholm_ferry")
+        expect(page.locator("#chat")).not_to_contain_text("No documents yet")
+        expect(page.locator("#doc-table")).to_contain_text("gullholm_ferry")
+    finally:
+        page.context.close()
