@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import math
 import re
 import threading
 import time
@@ -362,8 +363,9 @@ class DocQA:
         """Read the top read_k candidates, rerank them, answer or abstain.
 
         The rank is the reader's has-answer score; for BSBR plus rerank_retrieval_weight x the
-        candidate's block-retrieval log-probability. The best candidate's has-answer score alone decides
-        whether to abstain (the threshold was calibrated on it)."""
+        candidate's block-retrieval log-probability. With settings.aggregate, passages whose answers
+        agree pool their ranks (`answer_order`). The has-answer score of the chosen answer's best passage
+        decides whether to abstain (the threshold was calibrated on one passage's score)."""
         read = candidates[: self.read_k]
         weight = self.engine.rerank_retrieval_weight if method == "bsbr" else 0.0
         readings: list[tuple[float, Evidence]] = []
@@ -378,14 +380,16 @@ class DocQA:
                 ev.answer_start, ev.answer_end, ev.score = r.char_start, r.char_end, r.score
                 ev.answer_page = self._page_of(doc_id, ev.char_start + r.char_start)
                 readings.append((rank, ev))
-        readings.sort(key=lambda x: -x[0])
-        evidence = [ev for _, ev in readings]
-        evidence += [self._evidence(d, i, s) for s, d, i in candidates[self.read_k :]]
-        evidence = evidence[:top_k]
         if not readings:
             return Answer(method, "", 0.0, True, 0.0, [], message="no passage matched the question")
-        best = readings[0][1]
-        best_score = best.score  # the reader's has-answer score
+        order = answer_order([(rank, ev.text[ev.answer_start : ev.answer_end]) for rank, ev in readings])
+        if not self.settings.aggregate:
+            order = sorted(range(len(readings)), key=lambda i: -readings[i][0])
+        evidence = [readings[i][1] for i in order]
+        best = evidence[0]
+        evidence += [self._evidence(d, i, s) for s, d, i in candidates[self.read_k :]]
+        evidence = evidence[:top_k]
+        best_score = best.score  # the reader's has-answer score of the answer's best passage
         text = best.text[best.answer_start : best.answer_end]
         if best_score < self.engine.abstain_threshold:
             return Answer(
@@ -452,6 +456,29 @@ class DocQA:
             kind="sentence",
             message="best-matching sentence of the top passage (no reader)",
         )
+
+
+def answer_order(readings: Sequence[tuple[float, str]]) -> list[int]:
+    """Order of read passages, given each one's (rank score, answer text): the answers found in several
+    passages gain (the log-sum-exp of their passages' scores, answers compared after SQuAD
+    normalisation), the best answer's passages first, best first, then the others' the same way.
+    (FINDINGS.md: summing an answer's evidence over passages gave about +8 F1 in open QA.)"""
+    from app.metrics import normalize_answer
+
+    groups: dict[str, list[int]] = {}
+    for i, (_, text) in enumerate(readings):
+        groups.setdefault(normalize_answer(text) or f"\0{i}", []).append(i)  # empty answers never pool
+    for members in groups.values():
+        members.sort(key=lambda i: -readings[i][0])
+
+    def total(members: list[int]) -> float:
+        top = readings[members[0]][0]
+        if math.isinf(top):
+            return top
+        return top + math.log(sum(math.exp(readings[i][0] - top) for i in members))
+
+    ranked = sorted(groups.values(), key=lambda m: (-total(m), m[0]))
+    return [i for members in ranked for i in members]
 
 
 def sentence_spans(text: str) -> list[tuple[int, int]]:

@@ -2,10 +2,15 @@
 
 Each document is ingested through the normal pipeline (DocQA.add_text / DocQA.add), then every question
 is asked of its own document with each method. Gold passages are the chunks that hold a reference answer
-span (SQuAD) or the answer text (free-form JSONL). Reported per method: recall@1/5/20 of the final
-evidence ranking, retrieval_recall@1/5/20/50 of the retrieval stage alone, EM, F1, answer-in-evidence
-(a reference answer appears in the top-5 evidence), abstention rate, p50/p95 latency. The result also
+span (SQuAD, or JSONL questions with "answer_spans" such as FairytaleQA's) or the answer text (free-form
+JSONL). Reported per method: recall@1/5/20 of the final evidence ranking, retrieval_recall@1/5/20/50 of
+the retrieval stage alone (both over the questions that have a gold chunk), EM, F1, ROUGE-L,
+answer-in-evidence (a reference answer appears in the top-5 evidence), abstention rate, p50/p95 latency;
+where some questions are implicit (FairytaleQA), the same again over the explicit ones. The result also
 records its setup: device, candidates read, the QA model's fingerprint (app/engine.py), seed, time box.
+
+    python -m app eval --data ../shared/data/fairytaleqa/val.jsonl.gz --format jsonl            # per story
+    python -m app eval --data ../shared/data/fairytaleqa/val.jsonl.gz --format jsonl --group all  # one doc
 
 The pseudo-method `reader` measures the trained span reader alone on gold passages: it reads only the
 chunk(s) holding the answer (no retrieval, no document cache, never abstains) and reports EM/F1.
@@ -35,8 +40,9 @@ RETRIEVAL_KS = (1, 5, 20, 50)
 class EvalQuestion:
     id: str
     question: str
-    answers: list[str]
+    answers: list[str]  # what F1, EM and ROUGE-L score against
     spans: list[tuple[int, int]] = field(default_factory=list)  # char spans in the document text
+    explicit: bool = True  # the answer is stated in the text (FairytaleQA's "explicit"; SQuAD: always)
 
 
 @dataclass
@@ -55,7 +61,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
         "--group",
         choices=("article", "all"),
         default="article",
-        help="squad only: one document per article, or one document of every article",
+        help="one document per SQuAD article or JSONL line, or one document of them all",
     )
     p.add_argument(
         "--methods",
@@ -122,8 +128,15 @@ def load_squad(path: Path, group: str) -> list[EvalDocument]:
     return docs
 
 
-def load_jsonl(path: Path) -> list[EvalDocument]:
-    """One document per line: {"id","title","text"|"path","questions":[{"id","question","answers"}]}."""
+def load_jsonl(path: Path, group: str = "article") -> list[EvalDocument]:
+    """One document per line: {"id", "title", "text" | "path", "questions": [...]}.
+
+    A question is {"id", "question", "answers"}, optionally with "answer_spans" ([[start, end], ...]
+    char offsets into "text", which then decide the gold chunks), "extractive" (false: the answer is
+    not stated in the text) and "answer_fields" (FairytaleQA: only answer1 and answer4 are scored, as
+    in its benchmark). FairytaleQA's files are read as they are. `group="all"` joins every document's
+    text, blank-line separated, into one document (spans shifted; "path" documents cannot be joined).
+    """
     docs = []
     with _open_text(path) as f:
         for line_no, line in enumerate(f, 1):
@@ -135,10 +148,7 @@ def load_jsonl(path: Path) -> list[EvalDocument]:
             doc_path = row.get("path")
             if doc_path is not None and not Path(doc_path).is_absolute():
                 doc_path = str(path.parent / doc_path)
-            qs = [
-                EvalQuestion(str(q.get("id", f"{line_no}-{i}")), q["question"], list(q.get("answers", [])))
-                for i, q in enumerate(row.get("questions", []))
-            ]
+            qs = [_jsonl_question(q, f"{line_no}-{i}") for i, q in enumerate(row.get("questions", []))]
             docs.append(
                 EvalDocument(
                     str(row.get("id", line_no)),
@@ -148,7 +158,35 @@ def load_jsonl(path: Path) -> list[EvalDocument]:
                     path=doc_path,
                 )
             )
-    return docs
+    return _join(docs, path.name) if group == "all" else docs
+
+
+SCORED_FIELDS = ("answer1", "answer4")  # FairytaleQA's benchmark scores against these two
+
+
+def _jsonl_question(q: dict, default_id: str) -> EvalQuestion:
+    answers = list(q.get("answers", []))
+    fields = q.get("answer_fields")
+    if fields and any(f in SCORED_FIELDS for f in fields):
+        answers = [a for a, f in zip(answers, fields, strict=True) if f in SCORED_FIELDS]
+    spans = [(int(a), int(b)) for a, b in q.get("answer_spans", [])]
+    return EvalQuestion(
+        str(q.get("id", default_id)), q["question"], answers, spans, bool(q.get("extractive", True))
+    )
+
+
+def _join(docs: list[EvalDocument], title: str) -> list[EvalDocument]:
+    """Every document's text as one, blank-line separated, with the answer spans shifted into it."""
+    if any(d.text is None for d in docs):
+        raise ValueError("--group all needs every document's 'text' (a 'path' document cannot be joined)")
+    parts, questions, offset = [], [], 0
+    for d in docs:
+        for q in d.questions:
+            spans = [(a + offset, b + offset) for a, b in q.spans]
+            questions.append(EvalQuestion(q.id, q.question, q.answers, spans, q.explicit))
+        parts.append(d.text)
+        offset += len(d.text) + 2
+    return [EvalDocument("all", title, questions, text="\n\n".join(parts))]
 
 
 def _limit(docs: list[EvalDocument], limit: int | None) -> list[EvalDocument]:
@@ -213,6 +251,7 @@ def evaluate(
 ) -> dict:
     """Ingest every document, ask every question with every method, and aggregate the metrics."""
     rows: dict[str, dict[str, list[float]]] = {m: {} for m in methods}
+    explicit_rows: dict[str, dict[str, list[float]]] = {m: {} for m in methods}
     ingest_seconds = {m: 0.0 for m in methods}
     doc_tokens = 0
     stored = []
@@ -242,8 +281,10 @@ def evaluate(
             break
         chunks = qa.store.chunks(stored[d])
         gold = gold_chunks(q, chunks)
+        subsets = [rows, explicit_rows] if q.explicit else [rows]
         if READER in methods:
-            _record_reader(rows[READER], qa, q, chunks, gold)
+            for r in subsets:
+                _record_reader(r[READER], qa, q, chunks, gold)
         answers = qa.ask(
             q.question,
             docs=[stored[d]],
@@ -253,9 +294,10 @@ def evaluate(
             retrieve_k=max(RETRIEVAL_KS),
         )
         for a in answers:
-            _record(rows[a.method], a, q, gold)
+            for r in subsets:
+                _record(r[a.method], a, q, gold)
         asked += 1
-    return {
+    result = {
         "documents": len(docs),
         "questions": asked,
         "questions_total": len(jobs),
@@ -270,6 +312,9 @@ def evaluate(
         },
         "methods": {m: _summarise(r) for m, r in rows.items()},
     }
+    if any(not q.explicit for _, q in jobs):  # FairytaleQA: the answer-is-stated questions apart
+        result["explicit"] = {m: _summarise(r) for m, r in explicit_rows.items()}
+    return result
 
 
 _STAGE = {"faiss": "embed", "dense": "embed", "bsbr": "bsbr", "bm25": "bm25", "reader": "reader"}
@@ -286,19 +331,27 @@ def _record_reader(row: dict[str, list[float]], qa, q: EvalQuestion, chunks, gol
     i = max(range(len(passages)), key=lambda j: readings[j].score)
     prediction = passages[i][readings[i].char_start : readings[i].char_end]
     row.setdefault("latency", []).append((time.perf_counter() - start) * 1000)
+    _record_answer(row, prediction, q)
+
+
+def _record_answer(row: dict[str, list[float]], prediction: str, q: EvalQuestion) -> None:
     row.setdefault("em", []).append(metrics.exact_match(prediction, q.answers))
     row.setdefault("f1", []).append(metrics.f1_score(prediction, q.answers))
+    row.setdefault("rouge_l", []).append(metrics.rouge_l(prediction, q.answers))
 
 
 def _record(row: dict[str, list[float]], answer, q: EvalQuestion, gold: set[int]) -> None:
-    final = [e.chunk_index for e in answer.evidence]
-    for k in FINAL_KS:
-        row.setdefault(f"recall@{k}", []).append(metrics.recall_at_k(final, gold, k))
-    for k in RETRIEVAL_KS:
-        row.setdefault(f"retrieval_recall@{k}", []).append(metrics.recall_at_k(answer.retrieved, gold, k))
-    prediction = "" if answer.abstained else answer.answer
-    row.setdefault("em", []).append(metrics.exact_match(prediction, q.answers))
-    row.setdefault("f1", []).append(metrics.f1_score(prediction, q.answers))
+    """One answer's metrics. Recall is over the questions that have a gold chunk (an implicit
+    FairytaleQA answer is written in no chunk); `has_gold` says what share that is."""
+    row.setdefault("has_gold", []).append(float(bool(gold)))
+    if gold:
+        final = [e.chunk_index for e in answer.evidence]
+        for k in FINAL_KS:
+            row.setdefault(f"recall@{k}", []).append(metrics.recall_at_k(final, gold, k))
+        for k in RETRIEVAL_KS:
+            hit = metrics.recall_at_k(answer.retrieved, gold, k)
+            row.setdefault(f"retrieval_recall@{k}", []).append(hit)
+    _record_answer(row, "" if answer.abstained else answer.answer, q)
     row.setdefault("f1_never_abstain", []).append(metrics.f1_score(_best_guess(answer), q.answers))
     row.setdefault("answer_in_evidence", []).append(_answer_in_evidence(answer, q.answers))
     row.setdefault("abstain_rate", []).append(float(answer.abstained))
@@ -324,6 +377,7 @@ def format_table(result: dict) -> str:
         "retrieval_recall@50",
         "em",
         "f1",
+        "rouge_l",
         "f1_never_abstain",
         "answer_in_evidence",
         "abstain_rate",
@@ -337,15 +391,13 @@ def format_table(result: dict) -> str:
         "| method | " + " | ".join(cols) + " |",
         "|---" * (len(cols) + 1) + "|",
     ]
-    for m, vals in result["methods"].items():
-        lines.append(
-            f"| {m} | "
-            + " | ".join(
-                "-" if c not in vals else f"{vals[c]:.1f}" if "latency" in c else f"{vals[c]:.3f}"
-                for c in cols
-            )
-            + " |"
-        )
+    subsets = [("", result["methods"])]
+    if "explicit" in result:
+        subsets.append((" (explicit)", result["explicit"]))
+    for label, by_method in subsets:
+        for m, vals in by_method.items():
+            cells = (_cell(vals, c) for c in cols)
+            lines.append(f"| {m}{label} | " + " | ".join(cells) + " |")
     lines.append("ingest seconds: " + ", ".join(f"{m} {s:.1f}" for m, s in result["ingest_seconds"].items()))
     setup = result.get("setup")
     if setup:
@@ -355,6 +407,12 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _cell(vals: dict, column: str) -> str:
+    if column not in vals:
+        return "-"
+    return f"{vals[column]:.1f}" if "latency" in column else f"{vals[column]:.3f}"
+
+
 def run_eval(args: argparse.Namespace) -> int:
     from app.docqa import DocQA
 
@@ -362,7 +420,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
     try:
-        docs = load_squad(path, args.group) if args.format == "squad" else load_jsonl(path)
+        docs = load_squad(path, args.group) if args.format == "squad" else load_jsonl(path, args.group)
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, OSError) as err:
         raise ValueError(f"{path}: not a {args.format} file ({type(err).__name__}: {err})") from err
     docs = _limit(docs, args.limit)

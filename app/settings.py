@@ -36,6 +36,8 @@ class Settings:
         read_k: candidates the reader rescores per method and question.  DOCQA_READ_K; default 20 on a
             GPU, 16 on a CPU (2 cores, 330k-token document: p50 0.62 s a question at 16, 0.35 s at 8,
             where BSBR's recall@1 was 0.72 instead of 0.81).
+        aggregate: the same answer found in several read passages adds up their scores (log-sum-exp)
+            instead of each passage competing alone.  DOCQA_AGGREGATE (1 or 0).
     """
 
     home: Path
@@ -47,6 +49,7 @@ class Settings:
     max_chars: int
     max_extract_seconds: int
     read_k: int | None
+    aggregate: bool = True
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -61,6 +64,7 @@ class Settings:
             max_chars=_int("DOCQA_MAX_CHARS", 20_000_000),
             max_extract_seconds=_int("DOCQA_MAX_EXTRACT_SECONDS", 120),
             read_k=_int("DOCQA_READ_K", 0) or None,
+            aggregate=bool(_int("DOCQA_AGGREGATE", 1)),
         )
 
 

@@ -1,7 +1,13 @@
-"""Training data for the QA model: SQuAD v1.1 train as long documents, chunked like the app chunks.
+"""Training data for the QA model: SQuAD v1.1 train (and FairytaleQA) as long documents, chunked like
+the app chunks.
 
 Runs on the CPU (it uses the ingest chunker), writes one safetensors file that the GPU trainer reads:
     python -m model.data --squad ../shared/data/squad-v1.1/train-v1.1.json.gz --out .carry/train.safetensors
+    python -m model.data --fairytaleqa ../shared/data/fairytaleqa --stories-per-doc 24,48 --story-groupings 6
+
+With --fairytaleqa, FairytaleQA's train stories (children's stories with human questions; the questions
+with an answer span) are grouped the same way, `stories_per_doc` at a time, and all of its val stories
+form one more held-out document: narrative text, dialogue and names, unlike Wikipedia.
 
 Articles are shuffled (seeded) and concatenated `articles_per_doc` at a time, paragraphs joined by a blank
 line, so retrieval trains against hundreds of in-document distractor chunks. The first `val_articles`
@@ -87,17 +93,63 @@ def build(
     max_articles: int | None = None,
     groupings: int = 1,
 ) -> dict:
+    """SQuAD train articles as long documents (see group_articles), encoded by `encode`."""
+    with gzip.open(squad_path, "rt", encoding="utf-8") as f:
+        articles = json.load(f)["data"][:max_articles]
+    return encode(group_articles(articles, articles_per_doc, val_articles, seed, groupings))
+
+
+def read_stories(path: Path) -> list[tuple[str, list[tuple[str, int, int]]]]:
+    """FairytaleQA stories (one JSON line each, ../shared/data/fairytaleqa/README): (text, [(question,
+    answer_char_start, answer_char_end)]) for the questions with an answer span (the first one: answer1's
+    first occurrence where it has one); implicit questions have no span and are left out."""
+    stories = []
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                row = json.loads(line)
+                qas = [(q["question"], *q["answer_spans"][0]) for q in row["questions"] if q["answer_spans"]]
+                stories.append((row["text"], qas))
+    return stories
+
+
+def group_stories(
+    stories: list[tuple[str, list[tuple[str, int, int]]]],
+    stories_per_doc: int | Sequence[int],
+    seed: int,
+    groupings: int = 1,
+    is_val: bool = False,
+):
+    """Yield (text, qas, is_val) of documents of `stories_per_doc` stories joined by blank lines, the
+    stories regrouped `groupings` times in other seeded orders (grouping k takes the k-th size,
+    cyclically), so each story's questions meet other stories' chunks as distractors each time."""
+    sizes = [stories_per_doc] if isinstance(stories_per_doc, int) else list(stories_per_doc)
+    for k in range(groupings):
+        order = list(range(len(stories)))
+        random.Random(f"{seed}/stories/{k}").shuffle(order)
+        size = sizes[k % len(sizes)]
+        for g in range(0, len(order), size):
+            parts, qas, offset = [], [], 0
+            for i in order[g : g + size]:
+                text, questions = stories[i]
+                qas += [(q, offset + a, offset + b) for q, a, b in questions]
+                parts.append(text)
+                offset += len(text) + 2
+            yield "\n\n".join(parts), qas, is_val
+
+
+def encode(documents) -> dict:
+    """Chunk (like the app) and tokenise (text, [(question, answer_start, answer_end)], is_val)
+    documents into the training tensors of the module docstring."""
     from ingest.chunk import chunk_document
     from ingest.types import ParsedDocument
     from model.minilm import load_tokenizer
 
     tok = load_tokenizer()
-    with gzip.open(squad_path, "rt", encoding="utf-8") as f:
-        articles = json.load(f)["data"][:max_articles]
     chunk_rows, doc_ranges, doc_is_val = [], [], []
     q_rows: dict[str, list] = {k: [] for k in ("ids", "doc", "chunk", "start", "end")}
-    for text, qas, is_val in group_articles(articles, articles_per_doc, val_articles, seed, groupings):
-        doc = ParsedDocument(path="squad", title="squad", text=text, page_starts=[0], n_pages=1)
+    for text, qas, is_val in documents:
+        doc = ParsedDocument(path="train", title="train", text=text, page_starts=[0], n_pages=1)
         chunks = chunk_document(doc, tok, max_tokens=CHUNK_TOKENS)
         enc = tok([c.text for c in chunks], add_special_tokens=False, return_offsets_mapping=True)
         base = len(chunk_rows)
@@ -131,6 +183,19 @@ def build(
     }
 
 
+def merge(*parts: dict) -> dict:
+    """Training tensors of several `encode` results as one set (chunk and document indexes shifted)."""
+    out = {k: [] for k in parts[0]}
+    chunks = docs = 0
+    for part in parts:
+        for k, v in part.items():
+            shift = {"doc_ranges": chunks, "q_chunk": chunks, "q_doc": docs}.get(k, 0)
+            out[k].append(v + shift if shift else v)
+        chunks += len(part["chunk_ids"])
+        docs += len(part["doc_ranges"])
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
 def _sizes(text: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",")]
@@ -154,9 +219,21 @@ def main() -> None:
     parser.add_argument(
         "--groupings", type=int, default=1, help="group the training articles this many times (other orders)"
     )
+    parser.add_argument(
+        "--fairytaleqa",
+        default=None,
+        help="also FairytaleQA from this folder: train.jsonl.gz stories as training documents, all of "
+        "val.jsonl.gz as one held-out document (test.jsonl.gz is never read)",
+    )
+    parser.add_argument("--stories-per-doc", type=_sizes, default=[24], help="stories per document")
+    parser.add_argument(
+        "--story-groupings", type=int, default=1, help="group the training stories this many times"
+    )
     args = parser.parse_args()
     if args.groupings < 1 or min(args.articles_per_doc) < 1 or args.val_articles < 0:
         parser.error("--groupings and --articles-per-doc must be at least 1, --val-articles at least 0")
+    if args.story_groupings < 1 or min(args.stories_per_doc) < 1:
+        parser.error("--story-groupings and --stories-per-doc must be at least 1")
     data = build(
         Path(args.squad),
         args.articles_per_doc,
@@ -165,8 +242,21 @@ def main() -> None:
         args.max_articles,
         args.groupings,
     )
+    sources = str(args.squad)
+    if args.fairytaleqa:
+        folder = Path(args.fairytaleqa)
+        train = read_stories(folder / "train.jsonl.gz")
+        val = read_stories(folder / "val.jsonl.gz")
+        stories = encode(
+            [
+                *group_stories(train, args.stories_per_doc, args.seed, args.story_groupings),
+                *group_stories(val, len(val), args.seed, is_val=True),
+            ]
+        )
+        data = merge(data, stories)
+        sources += f", {folder / 'train.jsonl.gz'} (held out: val.jsonl.gz)"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    save_file(data, args.out, metadata={"format_version": "1", "source": str(args.squad)})
+    save_file(data, args.out, metadata={"format_version": "1", "source": sources})
     n_doc = len(data["doc_ranges"])
     found = (data["q_start"] >= 0).float().mean().item()
     print(

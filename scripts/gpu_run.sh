@@ -68,6 +68,29 @@ for step in "$@"; do
              par "$other" all_rest --group all --methods faiss,bm25,dense,reader &
            fi
            wait; tail -n 8 "$OUT"/eval_*.log "$OUT/book.log" ;;
+    eval-books) # issue 19, all at once on one GPU (latencies are a shared GPU's): FairytaleQA test per story
+           # and as one document, every method; the same with the gates at 0 (BSBR, no between-chunk
+           # retrieval); SQuAD dev as one document with and without answer aggregation; the sample book.
+           # Reads .carry/data/{test.jsonl.gz,dev-v1.1.json.gz}.
+           python3 -m scripts.ablate_gates "${MODEL_DIR:-assets/qa_model}" /tmp/qa_nogate
+           # (results in /tmp/evals, packed as one evals.tgz: a call brings back only 8 files)
+           E=/tmp/evals; rm -rf $E; mkdir -p $E
+           ev() { local name=$1 model=$2; shift 2
+             DOCQA_HOME=/tmp/home_$name DOCQA_MODEL_DIR=$model timeout 560 python3 -m app eval \
+               --json "$E/eval_$name.json" --max-minutes "${EVAL_MINUTES:-6.5}" "$@" > "$E/eval_$name.log" 2>&1; }
+           m=${MODEL_DIR:-assets/qa_model} ft=".carry/data/test.jsonl.gz --format jsonl"
+           ev ft_story "$m" --data $ft --methods bsbr,faiss,bm25,dense &
+           ev ft_all "$m" --data $ft --group all --methods bsbr,faiss,bm25,dense &
+           ev ft_story_nogate /tmp/qa_nogate --data $ft --methods bsbr &
+           ev ft_all_nogate /tmp/qa_nogate --data $ft --group all --methods bsbr &
+           DOCQA_AGGREGATE=0 ev ft_all_noagg "$m" --data $ft --group all --methods bsbr,faiss &
+           ev squad_all "$m" --data .carry/data/dev-v1.1.json.gz --group all --methods bsbr,faiss --limit 1500 &
+           DOCQA_AGGREGATE=0 ev squad_all_noagg "$m" --data .carry/data/dev-v1.1.json.gz --group all \
+             --methods bsbr,faiss --limit 1500 &
+           DOCQA_HOME=/tmp/home_book DOCQA_MODEL_DIR=$m timeout 300 python3 scripts/book_latency.py \
+             --repeat 1 --json "$E/book.json" > "$E/book.log" 2>&1 &
+           wait; for f in $E/eval_*.log $E/book.log; do echo "## $f"; grep -v -e 'it/s' "$f" | tail -n 9; done
+           tar czf "$OUT/evals.tgz" -C $E . ;;
     eval-article) DOCQA_HOME=/tmp/home DOCQA_MODEL_DIR=${MODEL_DIR:-assets/qa_model} timeout 560 python3 -m app eval \
              --data .carry/dev-v1.1.json.gz --group article --methods bsbr,faiss,bm25 \
              --json "$OUT/eval_article.json" --unanswerable 300 --max-minutes "${EVAL_MINUTES:-8}" 2>&1 | tee "$OUT/eval_article.log" ;;

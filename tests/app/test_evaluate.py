@@ -144,7 +144,8 @@ def test_reader_alone_reads_the_gold_passage_with_the_shipped_weights(squad_file
     assert qa.engine is not None  # assets/qa_model ships with the repo
     result = evaluate(qa, load_squad(squad_file, "all"), ["reader", "bm25"], progress=False)
     reader = result["methods"]["reader"]
-    assert set(reader) == {"em", "f1", "latency_ms_p50", "latency_ms_p95"}  # no retrieval, no abstention
+    # no retrieval, no abstention
+    assert set(reader) == {"em", "f1", "rouge_l", "latency_ms_p50", "latency_ms_p95"}
     assert reader["f1"] >= 2 / 3  # three one-fact questions on their own paragraphs
     table = format_table(result)
     assert "| reader | - | - |" in table and "| bm25 | 1.000 |" in table
@@ -160,3 +161,83 @@ def test_eval_cli_names_bad_data_and_unknown_methods(squad_file, tmp_path, monke
     assert f"{not_json}: not a squad file" in capsys.readouterr().err
     assert main(["eval", "--data", str(squad_file), "--methods", "bsbr,nope"]) == 1
     assert "unknown method(s) nope" in capsys.readouterr().err
+
+
+STORIES = [
+    {
+        "id": "mill",
+        "title": "The Mill",
+        "text": "A miller named Tobias kept a grey goose.\n\nThe goose laid one golden egg each winter.",
+        "questions": [
+            {
+                "id": "m1",
+                "question": "Who kept the goose?",
+                "answers": ["a miller named Tobias", "the miller", "Tobias"],
+                "answer_fields": ["answer1", "answer2", "answer4"],
+                "extractive": True,
+                "answer_spans": [[2, 21]],
+            },
+            {
+                "id": "m2",
+                "question": "Why was the miller rich?",
+                "answers": ["his goose laid gold"],
+                "answer_fields": ["answer1"],
+                "extractive": False,
+                "answer_spans": [],
+            },
+        ],
+    },
+    {
+        "id": "bridge",
+        "title": "The Bridge",
+        "text": "A troll lived under the bridge and counted the goats that crossed it.",
+        "questions": [
+            {
+                "id": "b1",
+                "question": "Where did the troll live?",
+                "answers": ["under the bridge"],
+                "answer_fields": ["answer1"],
+                "extractive": True,
+                "answer_spans": [[14, 30]],
+            }
+        ],
+    },
+]
+
+
+@pytest.fixture()
+def stories_file(tmp_path):
+    path = tmp_path / "stories.jsonl"
+    path.write_text("\n".join(json.dumps(s) for s in STORIES) + "\n")
+    return path
+
+
+def test_load_jsonl_reads_fairytaleqa_spans_scored_answers_and_joins_stories(stories_file):
+    per_story = load_jsonl(stories_file)
+    first = per_story[0].questions[0]
+    assert first.answers == ["a miller named Tobias", "Tobias"]  # answer1 and answer4 only
+    assert first.spans == [(2, 21)] and first.explicit
+    assert not per_story[0].questions[1].explicit and per_story[0].questions[1].spans == []
+    [joined] = load_jsonl(stories_file, "all")
+    assert joined.text == STORIES[0]["text"] + "\n\n" + STORIES[1]["text"]
+    assert [q.id for q in joined.questions] == ["m1", "m2", "b1"]
+    for q in joined.questions:
+        for start, end in q.spans:
+            assert joined.text[start:end] in {"miller named Tobias", "under the bridge"}
+    assert joined.questions[2].spans[0][0] > len(STORIES[0]["text"])
+
+
+def test_evaluate_reports_explicit_questions_apart_and_recall_only_where_there_is_gold(
+    stories_file, tmp_path
+):
+    qa = DocQA(home=tmp_path / "home", device="cpu")
+    result = evaluate(qa, load_jsonl(stories_file, "all"), ["bm25"], progress=False)
+    every, explicit = result["methods"]["bm25"], result["explicit"]["bm25"]
+    # the implicit question has no span and its answer is written nowhere: no gold chunk, no recall
+    assert every["has_gold"] == round(2 / 3, 4) and explicit["has_gold"] == 1.0
+    assert every["recall@1"] == explicit["recall@1"] == 1.0  # one chunk: always first
+    for row in (every, explicit):
+        assert 0.0 <= row["rouge_l"] <= 1.0
+    assert "| bm25 (explicit) |" in format_table(result)
+    squad_like = evaluate(qa, load_jsonl(stories_file), ["bm25"], progress=False)
+    assert len(squad_like["explicit"]["bm25"]) > 0 and squad_like["documents"] == 2

@@ -28,3 +28,24 @@ def test_recall_at_k():
 def test_percentile():
     assert metrics.percentile([1, 2, 3, 4, 100], 50) == 3
     assert metrics.percentile([], 95) == 0.0
+
+
+def test_rouge_l_is_the_longest_common_subsequence_f1():
+    # "the cat sat on the mat" vs "a cat was on the mat": LCS "cat on the mat" = 4 of 6 and of 6 tokens
+    assert abs(metrics.rouge_l("The cat sat on the mat.", ["a cat was on the mat"]) - 4 / 6) < 1e-9
+    # order matters, unlike F1: "killed by police" vs "police killed" share only one in order
+    assert abs(metrics.rouge_l("police killed", ["killed by police"]) - 0.4) < 1e-9
+    assert metrics.f1_score("police killed", ["killed by police"]) > 0.79
+    assert metrics.rouge_l("a well-to-do farmer", ["nobody", "A well-to-do farmer"]) == 1.0
+    assert metrics.rouge_l("", ["x"]) == 0.0
+
+
+def test_answer_order_pools_passages_that_give_the_same_answer():
+    from app.docqa import answer_order
+
+    # "Darcy" twice at 1.0 and 0.9 (log-sum-exp ~1.64) beats "Bingley" once at 1.5
+    readings = [(1.5, "Bingley"), (1.0, "Mr. Darcy"), (0.2, ""), (0.9, "mr darcy"), (-5.0, "")]
+    assert answer_order(readings) == [1, 3, 0, 2, 4]
+    # alone, each passage keeps its own rank; empty answers never pool together
+    assert answer_order([(1.5, "Bingley"), (1.0, "Darcy"), (0.1, ""), (0.0, "")]) == [0, 1, 2, 3]
+    assert answer_order([(float("-inf"), "x"), (0.0, "y")]) == [1, 0]

@@ -94,3 +94,40 @@ def test_build_chunks_documents_and_maps_answers_to_chunk_tokens(tmp_path):
         assert answer == f"marigoldquenby{keeper}"  # the answer's tokens, in the right chunk
         inside += 1
     assert inside >= 10  # of 12: an answer may straddle two chunks (then it is marked -1)
+
+
+def test_stories_are_grouped_and_merged_after_the_squad_documents(tmp_path):
+    from model.data import encode, group_stories, merge, read_stories
+
+    texts = [f"{FILLER * 4}Once a miller named Tobias{i} kept a grey goose. {FILLER}" for i in range(5)]
+    rows = [
+        {
+            "text": t,
+            "questions": [
+                {"question": f"Who kept goose {i}?", "answer_spans": [[t.index("Tobias"), t.index(" kept")]]},
+                {"question": "Why was he sad?", "answer_spans": []},  # implicit: no span, left out
+            ],
+        }
+        for i, t in enumerate(texts)
+    ]
+    path = tmp_path / "train.jsonl.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.write("\n".join(json.dumps(r) for r in rows))
+    stories = read_stories(path)
+    assert [len(qas) for _, qas in stories] == [1] * 5
+    docs = list(group_stories(stories, [2, 3], seed=0, groupings=2))
+    assert [len(qas) for _, qas, _ in docs] == [2, 2, 1, 3, 2]  # grouping 0 by 2, grouping 1 by 3
+    for text, qas, is_val in docs:
+        assert not is_val and all(text[a:b].startswith("Tobias") for _, a, b in qas)
+    assert _questions(docs) == Counter({f"Who kept goose {i}?": 2 for i in range(5)})
+    squad = tmp_path / "squad.json.gz"
+    with gzip.open(squad, "wt", encoding="utf-8") as f:
+        json.dump({"data": squad_articles(n_articles=2, paragraphs=1)}, f)
+    first = build(squad, articles_per_doc=1, val_articles=1)
+    second = encode(docs[:2])
+    data = merge(first, second)
+    n = len(first["chunk_ids"])
+    assert len(data["chunk_ids"]) == n + len(second["chunk_ids"])
+    assert data["doc_ranges"][2:].tolist() == (second["doc_ranges"] + n).tolist()
+    assert data["q_doc"][-1] == 3 and data["q_chunk"][-1] == second["q_chunk"][-1] + n
+    assert data["doc_is_val"].tolist() == [True, False, False, False]
