@@ -382,8 +382,9 @@ class DocQA:
                 readings.append((rank, ev))
         if not readings:
             return Answer(method, "", 0.0, True, 0.0, [], message="no passage matched the question")
-        order = answer_order([(rank, ev.text[ev.answer_start : ev.answer_end]) for rank, ev in readings])
-        if not self.settings.aggregate:
+        if self.settings.aggregate:
+            order = answer_order([(rank, ev.text[ev.answer_start : ev.answer_end]) for rank, ev in readings])
+        else:
             order = sorted(range(len(readings)), key=lambda i: -readings[i][0])
         evidence = [readings[i][1] for i in order]
         best = evidence[0]

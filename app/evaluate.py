@@ -93,14 +93,15 @@ def _open_text(path: Path):
 
 
 def load_squad(path: Path, group: str) -> list[EvalDocument]:
-    """SQuAD JSON -> documents of paragraphs joined by blank lines, answer spans mapped into them."""
+    """SQuAD JSON -> documents of paragraphs joined by blank lines, answer spans mapped into them (one
+    per article, or with `group="all"` one of every article)."""
     with _open_text(path) as f:
         articles = json.load(f)["data"]
     docs: list[EvalDocument] = []
-    parts: list[str] = []
-    questions: list[EvalQuestion] = []
-    offset = 0
     for a_idx, article in enumerate(articles):
+        parts: list[str] = []
+        questions: list[EvalQuestion] = []
+        offset = 0
         for para in article["paragraphs"]:
             context = para["context"]
             for qa in para["qas"]:
@@ -113,19 +114,9 @@ def load_squad(path: Path, group: str) -> list[EvalDocument]:
                 )
             parts.append(context)
             offset += len(context) + 2
-        if group == "article":
-            docs.append(
-                EvalDocument(
-                    f"article-{a_idx}",
-                    article.get("title", f"article {a_idx}"),
-                    questions,
-                    text="\n\n".join(parts),
-                )
-            )
-            parts, questions, offset = [], [], 0
-    if group == "all":
-        docs.append(EvalDocument("all", path.name, questions, text="\n\n".join(parts)))
-    return docs
+        title = article.get("title", f"article {a_idx}")
+        docs.append(EvalDocument(f"article-{a_idx}", title, questions, text="\n\n".join(parts)))
+    return _join(docs, path.name) if group == "all" else docs
 
 
 def load_jsonl(path: Path, group: str = "article") -> list[EvalDocument]:
@@ -282,9 +273,11 @@ def evaluate(
         chunks = qa.store.chunks(stored[d])
         gold = gold_chunks(q, chunks)
         subsets = [rows, explicit_rows] if q.explicit else [rows]
-        if READER in methods:
+        if READER in methods and gold:
+            prediction, latency = _read_gold(qa, q, chunks, gold)
             for r in subsets:
-                _record_reader(r[READER], qa, q, chunks, gold)
+                r[READER].setdefault("latency", []).append(latency)
+                _record_answer(r[READER], prediction, q)
         answers = qa.ask(
             q.question,
             docs=[stored[d]],
@@ -321,17 +314,15 @@ _STAGE = {"faiss": "embed", "dense": "embed", "bsbr": "bsbr", "bm25": "bm25", "r
 READER = "reader"
 
 
-def _record_reader(row: dict[str, list[float]], qa, q: EvalQuestion, chunks, gold: set[int]) -> None:
-    """The reader alone on the gold chunk(s): its best span over them, never abstaining."""
-    if not gold:
-        return
+def _read_gold(qa, q: EvalQuestion, chunks, gold: set[int]) -> tuple[str, float]:
+    """The reader alone on the gold chunk(s): its best span over them (never abstaining), and the ms
+    it took."""
     start = time.perf_counter()
     passages = [chunks[i].text for i in sorted(gold)]
     readings = qa.engine.read(q.question, passages, None)
     i = max(range(len(passages)), key=lambda j: readings[j].score)
     prediction = passages[i][readings[i].char_start : readings[i].char_end]
-    row.setdefault("latency", []).append((time.perf_counter() - start) * 1000)
-    _record_answer(row, prediction, q)
+    return prediction, (time.perf_counter() - start) * 1000
 
 
 def _record_answer(row: dict[str, list[float]], prediction: str, q: EvalQuestion) -> None:

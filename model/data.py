@@ -64,16 +64,28 @@ def group_articles(
         splits.append((regrouped, False, sizes[k % len(sizes)]))
     for ids, is_val, size in splits:
         for g in range(0, len(ids), size):
-            parts, qas, offset = [], [], 0
-            for a in ids[g : g + size]:
-                for para in articles[a]["paragraphs"]:
-                    for qa in para["qas"]:
-                        ans = qa["answers"][0]
-                        start = offset + ans["answer_start"]
-                        qas.append((qa["question"], start, start + len(ans["text"])))
-                    parts.append(para["context"])
-                    offset += len(para["context"]) + 2
-            yield "\n\n".join(parts), qas, is_val
+            paragraphs = [p for a in ids[g : g + size] for p in articles[a]["paragraphs"]]
+            yield (*join_passages((p["context"], _squad_answers(p)) for p in paragraphs), is_val)
+
+
+def _squad_answers(paragraph: dict) -> list[tuple[str, int, int]]:
+    """(question, answer_char_start, answer_char_end) of a SQuAD paragraph's questions (first answer)."""
+    out = []
+    for qa in paragraph["qas"]:
+        answer = qa["answers"][0]
+        out.append((qa["question"], answer["answer_start"], answer["answer_start"] + len(answer["text"])))
+    return out
+
+
+def join_passages(passages) -> tuple[str, list[tuple[str, int, int]]]:
+    """(text, [(question, start, end)]) passages as one text joined by blank lines, the answer spans
+    shifted into it."""
+    parts, qas, offset = [], [], 0
+    for text, questions in passages:
+        qas += [(q, offset + a, offset + b) for q, a, b in questions]
+        parts.append(text)
+        offset += len(text) + 2
+    return "\n\n".join(parts), qas
 
 
 def _answer_tokens(offsets: list[tuple[int, int]], start: int, end: int) -> tuple[int, int]:
@@ -129,13 +141,7 @@ def group_stories(
         random.Random(f"{seed}/stories/{k}").shuffle(order)
         size = sizes[k % len(sizes)]
         for g in range(0, len(order), size):
-            parts, qas, offset = [], [], 0
-            for i in order[g : g + size]:
-                text, questions = stories[i]
-                qas += [(q, offset + a, offset + b) for q, a, b in questions]
-                parts.append(text)
-                offset += len(text) + 2
-            yield "\n\n".join(parts), qas, is_val
+            yield (*join_passages(stories[i] for i in order[g : g + size]), is_val)
 
 
 def encode(documents) -> dict:
