@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from tqdm import tqdm
 
+from app import methods as registry
 from ingest.errors import IngestError
 from ingest.store import StoreError
 
@@ -53,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--method",
         default=None,
-        help="bsbr, faiss (FAISS+BM25 fused), bm25, dense (FAISS alone), both (bsbr+faiss) or all",
+        help=f"one or several (comma-separated) of {', '.join(registry.NAMES)}; both (bsbr,faiss) or all; "
+        "default both (faiss alone without trained weights)",
     )
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--json", action="store_true")

@@ -1,9 +1,9 @@
 """The trained QA model at inference: document caches, block-retrieval ranking and the span reader.
 
-DocQA uses one QAEngine per process when trained weights are present (assets/qa_model by default,
-DOCQA_MODEL_DIR to override): BSBR ranks chunks with its block retrieval over the document cache and
-reads its candidates against that cache; the FAISS and BM25 baselines hand their candidates to the same
-reader without a cache, so the comparison isolates retrieval.
+DocQA uses one QAEngine per process when trained weights are present (Settings.model_dir:
+assets/qa_model by default, DOCQA_MODEL_DIR to override): BSBR ranks chunks with its block retrieval
+over the document cache and reads its candidates against that cache; the FAISS and BM25 baselines
+hand their candidates to the same reader without a cache, so the comparison isolates retrieval.
 """
 
 from __future__ import annotations
@@ -23,13 +23,8 @@ from model.encoder import DocumentCache
 from model.minilm import load_tokenizer
 from model.qa import DocQAModel, best_spans, question_rows, reader_rows
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "qa_model"
 CACHE_PREFIX = "bsbr_cache"  # a stored document's BSBR cache: bsbr_cache.<model fingerprint>.safetensors
 CHUNK_TOKENS = 256
-
-
-def model_dir() -> Path:
-    return Path(os.environ.get("DOCQA_MODEL_DIR") or DEFAULT_MODEL_DIR)
 
 
 @dataclass
@@ -65,8 +60,9 @@ class QAEngine:
             torch.set_num_threads(max(1, os.cpu_count() or 1))
 
     @classmethod
-    def load_if_present(cls, device: str) -> QAEngine | None:
-        folder = model_dir()
+    def load_if_present(cls, device: str, folder: Path) -> QAEngine | None:
+        """The engine over the weights in `folder` (Settings.model_dir), None when there are none."""
+        folder = Path(folder)
         if not (folder / "delta.safetensors").exists():
             return None
         return cls(folder, device)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from app import methods as registry
 from app import metrics
 
 FINAL_KS = (1, 5, 20)
@@ -66,8 +67,8 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--methods",
         default=None,
-        help="comma-separated from bsbr, faiss, bm25, dense (FAISS alone), reader (gold chunks); "
-        "default: bsbr,faiss,bm25 (bsbr when the trained model is there)",
+        help=f"comma-separated from {', '.join(registry.NAMES)}, reader (the reader alone on gold "
+        "chunks); default: every method (bsbr when the trained model is there)",
     )
     p.add_argument("--limit", type=int, default=None, help="ask at most N questions (spread over documents)")
     p.add_argument("--json", dest="json_out", default=None, help="write the metrics as JSON to this file")
@@ -254,7 +255,7 @@ def evaluate(
         )
         doc_tokens += report.tokens
         for m in methods:
-            ingest_seconds[m] += report.timings.get("chunk", 0.0) + report.timings.get(_STAGE[m], 0.0)
+            ingest_seconds[m] += report.timings.get("chunk", 0.0) + report.timings.get(_stage(m), 0.0)
         stored.append(report.doc_id)
     asked_methods = [m for m in methods if m != READER]
     jobs = [(d, q) for d in range(len(docs)) for q in docs[d].questions]
@@ -310,8 +311,12 @@ def evaluate(
     return result
 
 
-_STAGE = {"faiss": "embed", "dense": "embed", "bsbr": "bsbr", "bm25": "bm25", "reader": "reader"}
 READER = "reader"
+
+
+def _stage(method: str) -> str:
+    """The ingest stage a method's index comes from (the reader alone: none)."""
+    return READER if method == READER else registry.BY_NAME[method].stage
 
 
 def _read_gold(qa, q: EvalQuestion, chunks, gold: set[int]) -> tuple[str, float]:
@@ -417,10 +422,15 @@ def run_eval(args: argparse.Namespace) -> int:
     docs = _limit(docs, args.limit)
     qa = DocQA()
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(qa.methods)
-    known = (*qa.askable, READER)
+    known = (*registry.NAMES, *registry.ALIASES, READER)
     unknown = [m for m in methods if m not in known]
     if unknown:
-        raise ValueError(f"unknown method(s) {', '.join(unknown)}: choose from {', '.join(known)}")
+        raise ValueError(
+            f"unknown method(s) {', '.join(unknown)}: choose from {', '.join((*registry.NAMES, READER))}"
+        )
+    methods = [m if m == READER else registry.canonical(m) for m in methods]
+    if "bsbr" in methods and qa.engine is None:
+        raise ValueError("--methods bsbr needs the trained QA model (assets/qa_model or DOCQA_MODEL_DIR)")
     if READER in methods and qa.engine is None:
         raise ValueError("--methods reader needs the trained QA model (assets/qa_model or DOCQA_MODEL_DIR)")
     result = evaluate(

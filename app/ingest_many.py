@@ -1,7 +1,7 @@
 """Ingest a whole folder on several processes: `torchrun --nproc_per_node=N -m app ingest-many FOLDER`.
 
 Each rank takes every N-th file of the sorted list (file i goes to rank i % N) and runs the normal
-per-document pipeline on its own device (DocQA.ingest: extract, chunk, FAISS embed, BSBR pass) into ONE
+per-document pipeline (ingest/pipeline.py: extract, chunk, FAISS embed, BSBR pass) on its own device into ONE
 store under DOCQA_HOME. That is safe on one host: document ids are content hashes and a file lives on one
 rank only, SQLite runs in WAL mode with a 30 s busy timeout, and a document's rows commit in one
 transaction after its arrays are in place. Every rank opens the store before any rank writes (a barrier),
@@ -47,7 +47,7 @@ import numpy as np
 
 from app.settings import Settings
 from app.types import IngestReport
-from ingest.types import Chunk, ParsedDocument
+from ingest.pipeline import Prepared
 
 LIBRARY_INDEX = "library.faiss"
 LIBRARY_MAP = "library.json"
@@ -70,14 +70,11 @@ class RankResult:
 
 @dataclass
 class PreparedFile:
-    """A file after the CPU stages of DocQA.ingest, as a worker hands it back: the parsed document and
-    its chunks with their "extract" and "chunk" timings, or the one-line error that stopped it."""
+    """A file after the pipeline's CPU stages (ingest.pipeline.prepare_file), as a worker hands it back:
+    the prepared document, or the one-line error that stopped it."""
 
     path: str
-    doc_id: str
-    parsed: ParsedDocument | None = None
-    chunks: list[Chunk] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
+    prepared: Prepared | None = None
     error: str | None = None
 
 
@@ -130,31 +127,17 @@ def warm_worker() -> int:
 
 
 def prepare_file(path: Path, doc_id: str, settings: Settings) -> PreparedFile:
-    """The CPU stages of DocQA.ingest for one file, with its checks (missing file, size limit, no
-    readable words) and extract limits; runs in a worker. The tests compare both paths file for file.
+    """The pipeline's CPU stages for one file (the same function DocQA.ingest runs), in a worker.
 
     IngestErrors come back as their line: their two-argument __init__ does not survive pickling.
     """
-    from app.docqa import check_file, chunk_parsed, extract_file
     from ingest.errors import IngestError
+    from ingest.pipeline import prepare_file as prepare
 
     try:
-        check_file(path, settings)
-        t = time.perf_counter()
-        parsed = extract_file(path, settings)
-        timings = {"extract": time.perf_counter() - t}
-        t = time.perf_counter()
-        chunks = chunk_parsed(parsed)
-        timings["chunk"] = time.perf_counter() - t
+        return PreparedFile(str(path), prepare(path, settings, doc_id=doc_id))
     except IngestError as err:
-        return PreparedFile(str(path), doc_id, error=str(err))
-    return PreparedFile(str(path), doc_id, parsed, chunks, timings)
-
-
-def store_prepared(qa, prepared: PreparedFile, owner: str = "local") -> IngestReport:
-    """The GPU stages (FAISS embedding, BSBR pass) and the store write of a prepared file, as
-    DocQA.ingest runs them; a document stored meanwhile (the same bytes, another name) is only claimed."""
-    return qa.add_chunked(prepared.doc_id, prepared.parsed, prepared.chunks, prepared.timings, owner)
+        return PreparedFile(str(path), error=str(err))
 
 
 def ingest_share(
@@ -189,8 +172,8 @@ def ingest_share(
 
 
 def _ingest_in_process(qa, files: list[Path], owner: str, result: RankResult) -> None:
-    from app.docqa import file_id
     from ingest.errors import IngestError
+    from ingest.pipeline import file_id
 
     for path in files:
         try:
@@ -208,7 +191,7 @@ def _ingest_pipelined(
     qa, files: list[Path], owner: str, pool: ProcessPoolExecutor, ahead: int, result: RankResult
 ) -> None:
     """Workers prepare files in order, up to `ahead` at once; this process stores them in that order."""
-    from app.docqa import file_id
+    from ingest.pipeline import file_id
 
     todo, pending = iter(files), deque()
 
@@ -229,15 +212,12 @@ def _ingest_pipelined(
         if prepared.error is not None:
             _fail(result, prepared.error)
         else:
-            _record(result, Path(prepared.path), store_prepared(qa, prepared, owner))
+            _record(result, Path(prepared.path), qa.add_prepared(prepared.prepared, owner))
 
 
 def _claim_stored(qa, doc_id: str, owner: str) -> bool:
     """True when the document is stored already (then `owner` is added to it)."""
-    if not qa.store.has(doc_id):
-        return False
-    qa.store.add_owner(doc_id, owner)
-    return True
+    return qa.pipeline.claim(doc_id, owner)
 
 
 def _record(result: RankResult, path: Path, report: IngestReport) -> None:

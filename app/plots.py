@@ -16,36 +16,15 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
+from app import methods
 from app.types import Answer, Evidence
 
-METHOD_NAMES = {"bsbr": "BSBR", "faiss": "FAISS", "bm25": "BM25", "dense": "FAISS alone"}
-METHOD_BLURBS = {
-    "bsbr": "block retrieval over the whole document",
-    "faiss": "sentence-embedding search, rank-fused with keyword search",
-    "bm25": "keyword search",
-    "dense": "sentence-embedding search alone",
-}
-METHOD_ORDER = ("bsbr", "faiss", "bm25", "dense")
-# BSBR scores are block-retrieval logits (a softmax makes them the model's distribution over chunks);
-# fused ranks, FAISS cosine similarities and BM25 scores have no such reading, so they are min-max scaled.
-NORMALISATION = {"bsbr": "softmax", "faiss": "min-max", "bm25": "min-max", "dense": "min-max"}
 SNIPPET_CHARS = 240
 
 
 class PageSpan(Protocol):
     page_start: int
     page_end: int
-
-
-def method_name(method: str) -> str:
-    return METHOD_NAMES.get(method, method.upper())
-
-
-def ordered_methods(methods: Iterable[str]) -> list[str]:
-    """BSBR first, then FAISS, then BM25, then anything else in the order given."""
-    methods = list(methods)
-    rank = {m: i for i, m in enumerate(METHOD_ORDER)}
-    return sorted(methods, key=lambda m: (rank.get(m, len(rank)), methods.index(m)))
 
 
 def normalise(scores: Sequence[float], how: str) -> np.ndarray:
@@ -81,9 +60,15 @@ def page_max(values: Sequence[float], spans: Sequence[PageSpan], n_pages: int) -
     return pages
 
 
+def _normalisation(method: str) -> str:
+    """BSBR's scores are block-retrieval logits (a softmax makes them the model's distribution over
+    chunks); fused ranks, FAISS cosine similarities and BM25 scores have no such reading: min-max."""
+    known = methods.BY_NAME.get(method)
+    return known.normalisation if known else "min-max"
+
+
 def method_label(method: str) -> str:
-    how = NORMALISATION.get(method, "min-max")
-    return f"{method_name(method)} ({'softmax' if how == 'softmax' else 'min-max'})"
+    return f"{methods.label(method)} ({_normalisation(method)})"
 
 
 def where_it_looked(
@@ -98,8 +83,8 @@ def where_it_looked(
         DataFrame with columns page (1-based), score (in [0, 1]), method (name + normalisation).
     """
     frames = []
-    for method in ordered_methods(scores_by_method):
-        scaled = normalise(scores_by_method[method], NORMALISATION.get(method, "min-max"))
+    for method in methods.ordered(scores_by_method):
+        scaled = normalise(scores_by_method[method], _normalisation(method))
         per_page = page_max(scaled, spans, n_pages)
         frames.append(
             pd.DataFrame(
@@ -146,8 +131,9 @@ def _evidence_html(evidence: Evidence, page_starts: Sequence[int] | None, open_:
 
 def answer_card_html(answer: Answer, page_starts: Mapping[str, Sequence[int]]) -> str:
     """One method's card: name, answer (or why it abstains), score, latency, evidence passages."""
-    name = html.escape(method_name(answer.method))
-    blurb = html.escape(METHOD_BLURBS.get(answer.method, ""))
+    known = methods.BY_NAME.get(answer.method)
+    name = html.escape(methods.label(answer.method))
+    blurb = html.escape(known.description if known else "")
     if answer.abstained:
         main = '<div class="answer abstain">The document does not seem to contain the answer.</div>'
     else:
@@ -175,14 +161,14 @@ def chat_summary(answers: Sequence[Answer], page_starts: Mapping[str, Sequence[i
     lines = []
     for a in answers:
         if a.abstained or not a.evidence:
-            lines.append(f"**{method_name(a.method)}** · _no answer found_ · {a.latency_ms:.0f} ms")
+            lines.append(f"**{methods.label(a.method)}** · _no answer found_ · {a.latency_ms:.0f} ms")
             continue
         top = a.evidence[0]
         page = answer_page(top, page_starts.get(top.doc_id))
         cite = page_citation(page, page) if page else page_citation(top.page_start, top.page_end)
         text = a.answer if len(a.answer) <= SNIPPET_CHARS else a.answer[:SNIPPET_CHARS].rstrip() + "…"
         lines.append(
-            f"**{method_name(a.method)}** · {_escape_markdown(text)} — _{cite}, "
+            f"**{methods.label(a.method)}** · {_escape_markdown(text)} — _{cite}, "
             f"{html.escape(top.title)}_ · {a.latency_ms:.0f} ms"
         )
     return "\n\n".join(lines)

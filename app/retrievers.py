@@ -1,9 +1,15 @@
-"""First-stage retrievers of the comparison: each scores every chunk of a document for a question.
+"""First-stage retrievers of the methods (app/methods.py): each scores every chunk of a document.
 
-BSBR's block retrieval lives with the QA model (app/engine.py). The baselines: `dense` (MiniLM
-embeddings in FAISS alone), `bm25`, and `faiss`, the product's FAISS method, which fuses the dense and
-BM25 rankings by reciprocal rank (MiniLM alone misses passages a question names by rare words: "What
-estate has been let at last?" puts the novel's "Netherfield Park is let at last" at dense rank 28).
+`top(question, doc_id, k)` -> (chunk ids [k], their scores [k], scores of every chunk [n]), best first.
+
+- `BsbrRetriever` (`bsbr`): the BSBR model's block retrieval over the document cache (app/engine.py).
+- `FaissRetriever` (`faiss`, the FAISS baseline): MiniLM embeddings in a FAISS index, alone.
+- `Bm25Retriever` (`bm25`): keyword search.
+- `HybridRetriever` (`hybrid`): the FAISS and BM25 rankings fused by reciprocal rank (MiniLM alone misses
+  passages a question names by rare words: "What estate has been let at last?" puts the novel's
+  "Netherfield Park is let at last" at FAISS rank 28).
+
+The ones that keep files per document (FAISS, BSBR) are also the ingest pipeline's indexers (`index`).
 """
 
 from __future__ import annotations
@@ -13,12 +19,16 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ingest import faiss_index
-from ingest.store import DocumentStore
+from ingest.store import ArtifactWriter, DocumentStore
 from ingest.types import Chunk
+
+if TYPE_CHECKING:
+    from app.engine import QAEngine
 
 FAISS_FILE = "faiss.index"
 ProgressFn = Callable[[int, int], None]
@@ -40,14 +50,14 @@ def import_bm25s():
 
 
 class FaissRetriever:
-    """The `dense` method: all-MiniLM-L6-v2 mean-pooled embeddings in a FAISS inner-product index, one
-    index per document.
+    """The FAISS baseline (`faiss`): all-MiniLM-L6-v2 mean-pooled embeddings in a FAISS inner-product
+    index, one index per document.
 
     Each chunk is embedded as several overlapping windows of up to 64 tokens (model.embed.WINDOW_TOKENS)
     and scores as its best window, so a short fact inside a long chunk can still be found.
     """
 
-    name = "dense"
+    stage = "embed"
 
     def __init__(self, store: DocumentStore, device: str) -> None:
         self.store = store
@@ -65,10 +75,10 @@ class FaissRetriever:
                 self._embedder = SentenceEmbedder(self.device)
             return self._embedder
 
-    def build(self, chunks: list[Chunk], progress: ProgressFn | None = None):
-        """Embed the chunks and return a writer that saves their index (called at ingest)."""
+    def index(self, chunks: list[Chunk], progress: ProgressFn | None = None) -> dict[str, ArtifactWriter]:
+        """Embed the chunks (at ingest); the writer of their FAISS index file."""
         index = self._build_index(chunks, progress)
-        return lambda path: faiss_index.save_index(index, path)
+        return {FAISS_FILE: lambda path: faiss_index.save_index(index, path)}
 
     def _build_index(self, chunks: list[Chunk], progress: ProgressFn | None = None):
         vectors, owners = self.embedder.encode_windows([c.text for c in chunks], progress=progress)
@@ -116,8 +126,6 @@ class FaissRetriever:
 
 class Bm25Retriever:
     """BM25 (bm25s, English stop words) over the chunk texts; built in memory on first use per document."""
-
-    name = "bm25"
 
     def __init__(self, store: DocumentStore) -> None:
         self.store = store
@@ -172,10 +180,8 @@ def reciprocal_rank_fusion(dense: np.ndarray, sparse: np.ndarray, k: int = RRF_K
     return fused.astype(np.float32)
 
 
-class FusedRetriever:
-    """The `faiss` method: the dense (FAISS) and BM25 rankings fused by reciprocal rank."""
-
-    name = "faiss"
+class HybridRetriever:
+    """The `hybrid` method: the FAISS and BM25 rankings fused by reciprocal rank."""
 
     def __init__(self, dense: FaissRetriever, sparse: Bm25Retriever) -> None:
         self.dense, self.sparse = dense, sparse
@@ -190,3 +196,38 @@ class FusedRetriever:
     def forget(self, doc_id: str) -> None:
         self.dense.forget(doc_id)
         self.sparse.forget(doc_id)
+
+
+class BsbrRetriever:
+    """The `bsbr` method: log-probabilities of BSBR's block-retrieval distribution over the chunks.
+
+    Its index is the document cache (the model's pass over the whole document), one file per model:
+    documents stored before these weights were there get theirs built on first use."""
+
+    stage = "bsbr"
+
+    def __init__(self, store: DocumentStore, engine: QAEngine) -> None:
+        self.store, self.engine = store, engine
+
+    def index(self, chunks: list[Chunk], progress: ProgressFn | None = None) -> dict[str, ArtifactWriter]:
+        return {self.engine.cache_file: self.engine.build_cache(chunks, progress=progress).save}
+
+    def cache(self, doc_id: str):
+        """The document's cache made by the loaded model (built now if missing; other models' removed)."""
+        from app.engine import CACHE_PREFIX
+
+        name = self.engine.cache_file
+        path = self.store.artifact_path(doc_id, name)
+        if not path.exists():
+            cache = self.engine.build_cache(self.store.chunks(doc_id))
+            self.store.put_artifact(doc_id, name, cache.save)
+            self.store.remove_artifacts(doc_id, f"{CACHE_PREFIX}*", keep=name)
+        return self.engine.cache(doc_id, path)
+
+    def top(self, question: str, doc_id: str, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        every = self.engine.retrieval_scores(question, self.cache(doc_id)).log_softmax(0).numpy()
+        ids = np.argsort(-every, kind="stable")[:k]
+        return ids, every[ids], every
+
+    def forget(self, doc_id: str) -> None:
+        self.engine.forget(doc_id)

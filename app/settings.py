@@ -11,6 +11,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "qa_model"
+
+
 def _int(name: str, default: int) -> int:
     raw = os.environ.get(name)
     if raw is None or raw == "":
@@ -36,6 +39,8 @@ class Settings:
         read_k: candidates the reader rescores per method and question.  DOCQA_READ_K; default 20 on a
             GPU, 16 on a CPU (2 cores, 330k-token document: p50 0.62 s a question at 16, 0.35 s at 8,
             where BSBR's recall@1 was 0.72 instead of 0.81).
+        model_dir: the trained BSBR delta (without one, BSBR is not offered).  DOCQA_MODEL_DIR; default
+            assets/qa_model.
         aggregate: the same answer found in several read passages adds up their scores (log-sum-exp)
             instead of each passage competing alone.  DOCQA_AGGREGATE (1 or 0).
     """
@@ -50,6 +55,7 @@ class Settings:
     max_extract_seconds: int
     read_k: int | None
     aggregate: bool = True
+    model_dir: Path = DEFAULT_MODEL_DIR
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -65,6 +71,7 @@ class Settings:
             max_extract_seconds=_int("DOCQA_MAX_EXTRACT_SECONDS", 120),
             read_k=_int("DOCQA_READ_K", 0) or None,
             aggregate=bool(_int("DOCQA_AGGREGATE", 1)),
+            model_dir=Path(os.environ.get("DOCQA_MODEL_DIR") or DEFAULT_MODEL_DIR),
         )
 
 

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import gradio as gr
 import pandas as pd
 
+from app import methods as registry
 from app import plots
 from app.docqa import DocQA
 from app.settings import Settings
@@ -39,7 +40,7 @@ from ingest.errors import IngestError
 from ingest.store import StoreError
 
 if TYPE_CHECKING:
-    from app.serve import SampleBook
+    from app.sample import SampleBook
 
 STAGE_LABELS = {
     "extract": "extracting pages",
@@ -184,7 +185,8 @@ class Page:
         self.qa = qa
         self.settings = settings
         self.sample = sample
-        self.methods = plots.ordered_methods(qa.methods)
+        self.methods = registry.ordered(qa.methods)
+        self.shown = registry.ordered(qa.shown)
         self.changes = DocumentChanges()
         # Only derives ids for new browsers, which then keep theirs in localStorage: a fresh key per
         # process is enough.
@@ -286,9 +288,9 @@ class Page:
             gr.Warning("Type a question first.")
             return (gr.skip(),) * 7
         history = [*(history or []), {"role": "user", "content": question}]
-        chosen = [m for m in plots.ordered_methods(methods or self.methods) if m in self.qa.methods]
+        chosen = [m for m in registry.ordered(methods or self.shown) if m in self.qa.methods]
         try:
-            answers = self.qa.ask(question, methods=chosen or self.methods, top_k=int(top_k), owner=owner)
+            answers = self.qa.ask(question, methods=chosen or self.shown, top_k=int(top_k), owner=owner)
         except (ValueError, StoreError) as err:
             reply = _NO_DOCS if "no documents" in str(err) else str(err)
             return "", [*history, {"role": "assistant", "content": reply}], *(gr.skip(),) * 5
@@ -346,7 +348,7 @@ class Page:
         """Ask this API session's documents; the same JSON as `python -m app ask --json`."""
         try:
             answers = self.qa.ask(
-                question, methods=methods or self.methods, top_k=int(top_k), owner=owner_of(None, request)
+                question, methods=methods or self.shown, top_k=int(top_k), owner=owner_of(None, request)
             )
         except (ValueError, StoreError) as err:
             raise gr.Error(str(err)) from None
@@ -366,7 +368,7 @@ def _header(methods: Sequence[str]) -> str:
         if "bsbr" in methods
         else (
             "<p><small>BSBR joins the comparison once its trained weights are installed; until then "
-            f"{' and '.join(plots.method_name(m) for m in methods)} answer.</small></p>"
+            f"{' and '.join(registry.label(m) for m in methods)} answer.</small></p>"
         )
     )
     return (
@@ -388,7 +390,7 @@ def build_ui(qa: DocQA, settings: Settings, sample: SampleBook | None = None) ->
             with gr.Column(scale=2, min_width=320):
                 docs = _documents_panel(settings, sample)
             with gr.Column(scale=3, min_width=320):
-                ask = _ask_panel(page.methods)
+                ask = _ask_panel(page.methods, page.shown)
         results = _results_panel()
         _wire(page, demo, browser_id, scores, docs, ask, results)
         _wire_api(page)
@@ -431,7 +433,7 @@ def _documents_panel(settings: Settings, sample: SampleBook | None) -> dict[str,
     return c
 
 
-def _ask_panel(methods: Sequence[str]) -> dict[str, gr.components.Component]:
+def _ask_panel(methods: Sequence[str], shown: Sequence[str]) -> dict[str, gr.components.Component]:
     c = {
         "chat": gr.Chatbot(
             label="Questions and answers",
@@ -458,7 +460,7 @@ def _ask_panel(methods: Sequence[str]) -> dict[str, gr.components.Component]:
     )
     with gr.Accordion("Options", open=False):
         c["methods"] = gr.CheckboxGroup(
-            [(plots.method_name(m), m) for m in methods], value=list(methods), label="Methods"
+            [(registry.label(m), m) for m in methods], value=list(shown), label="Methods"
         )
         c["top_k"] = gr.Slider(1, 10, value=5, step=1, label="Evidence passages per method")
     return c

@@ -1,5 +1,5 @@
-"""Retrieval recall@20 of each method (BSBR, FAISS alone, FAISS fused with BM25, BM25) against document
-length (issue 7 analysis).
+"""Retrieval recall@20 of each method (bsbr, faiss = FAISS alone, hybrid = FAISS fused with BM25,
+bm25) against document length (issue 7 analysis).
 
     DOCQA_HOME=/tmp/len python scripts/retrieval_by_length.py PARTS [SQUAD_JSON_GZ]
 
@@ -36,7 +36,7 @@ for grp in groups:
         text.append(art.text)
         off += len(art.text) + 2
     docs.append(("\n\n".join(text), qs))
-rows = {m: [] for m in ("bsbr", "dense", "faiss", "bm25")}  # faiss: dense fused with BM25
+rows = {m: [] for m in ("bsbr", "faiss", "hybrid", "bm25")}
 sizes = []
 for d, (text, qs) in enumerate(docs):
     rep = qa.add_text(text, title=f"part {d} of {parts}", owner="eval")
@@ -47,7 +47,7 @@ for d, (text, qs) in enumerate(docs):
         if not gold:
             continue
         for m in rows:
-            ids, _, _ = qa._retrieve(m, q.question, rep.doc_id, 20)
+            ids, _, _ = qa.retrievers[m].top(q.question, rep.doc_id, 20)
             hits = [i in gold for i in ids]
             rows[m].append([any(hits[:k]) for k in (1, 5, 20)])
 print(

@@ -50,9 +50,9 @@ def test_ingest_reports_pages_and_is_content_addressed(qa, pdf, doc_id, tmp_path
     assert len(qa.documents()) == 1
 
 
-@pytest.mark.parametrize("method", ["bsbr", "faiss", "bm25", "dense"])
+@pytest.mark.parametrize("method", ["bsbr", "faiss", "hybrid", "bm25"])
 def test_each_method_cites_the_right_page(qa, doc_id, method):
-    assert method in qa.methods or method == "dense"  # dense: asked for, not offered by default
+    assert method in qa.methods
     [answer] = qa.ask("Who is the lighthouse keeper of Brightwater?", methods=[method], top_k=3)
     assert answer.method == method and answer.latency_ms > 0
     top = answer.evidence[0]
@@ -65,16 +65,19 @@ def test_each_method_cites_the_right_page(qa, doc_id, method):
     assert len(answer.chunk_scores[doc_id]) == qa.documents()[0].n_chunks
 
 
-def test_faiss_answers_from_the_fused_ranking_and_dense_from_faiss_alone(qa, tmp_path):
+def test_hybrid_answers_from_the_fused_ranking_and_faiss_from_faiss_alone(qa, tmp_path):
     from tests.app.test_retrievers import ESTATE, NEWS, _pdf
 
     doc = qa.add(_pdf(tmp_path / "news.pdf", [ESTATE * 3, NEWS, ESTATE * 3, ESTATE * 2]))
     question = "What estate has been let at last?"
     n = len(qa.store.chunks(doc))
-    fused, dense = qa.ask(question, docs=[doc], methods=["faiss", "dense"], top_k=3, retrieve_k=n)
-    expected_fused, expected_dense = qa.fused.top(question, doc, n), qa.faiss.top(question, doc, n)
-    assert fused.retrieved == expected_fused[0].tolist() != dense.retrieved == expected_dense[0].tolist()
-    assert fused.chunk_scores[doc] == pytest.approx(expected_fused[2].tolist())
+    hybrid, faiss = qa.ask(question, docs=[doc], methods=["hybrid", "faiss"], top_k=3, retrieve_k=n)
+    expected_hybrid, expected_faiss = qa.hybrid.top(question, doc, n), qa.faiss.top(question, doc, n)
+    assert hybrid.retrieved == expected_hybrid[0].tolist() != faiss.retrieved == expected_faiss[0].tolist()
+    assert hybrid.chunk_scores[doc] == pytest.approx(expected_hybrid[2].tolist())
+    with pytest.warns(FutureWarning, match="'dense' is deprecated"):
+        [dense] = qa.ask(question, docs=[doc], methods=["dense"], top_k=3, retrieve_k=n)
+    assert dense.method == "faiss" and dense.retrieved == faiss.retrieved
     qa.delete(doc)
 
 

@@ -146,13 +146,13 @@ def test_library_index_of_an_empty_store_is_empty(tmp_path):
 def test_prepare_file_returns_chunks_or_the_error_line(tmp_path):
     settings = Settings.from_env()
     (good,) = _write_pdfs(tmp_path, ["orchards"], pages=2)
-    prepared = prepare_file(good, "id", settings)
-    assert prepared.error is None and prepared.parsed.n_pages == 2
-    assert prepared.chunks and set(prepared.timings) == {"extract", "chunk"}
+    done = prepare_file(good, "id", settings)
+    assert done.error is None and done.prepared.doc_id == "id" and done.prepared.parsed.n_pages == 2
+    assert done.prepared.chunks and set(done.prepared.timings) == {"extract", "chunk"}
     bad = tmp_path / "broken.pdf"
     bad.write_bytes(b"%PDF-1.4\n" + b"\x00garbage" * 50)
-    prepared = prepare_file(bad, "id", settings)
-    assert prepared.error.startswith(f"{bad}: ") and prepared.chunks == []
+    done = prepare_file(bad, "id", settings)
+    assert done.error.startswith(f"{bad}: ") and done.prepared is None
 
 
 def _same_store(a: DocumentStore, b: DocumentStore, doc_id: str) -> None:
@@ -208,7 +208,7 @@ def test_workers_store_what_one_process_stores(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_two_ranks_with_workers_ingest_pdfs(tmp_path):
-    from app.docqa import file_id
+    from ingest.pipeline import file_id
 
     home, folder = tmp_path / "home", tmp_path / "pdfs"
     files = _write_pdfs(folder, [*TOPICS, "orchards"])

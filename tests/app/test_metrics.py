@@ -41,7 +41,7 @@ def test_rouge_l_is_the_longest_common_subsequence_f1():
 
 
 def test_answer_order_pools_passages_that_give_the_same_answer():
-    from app.docqa import answer_order
+    from app.answering import answer_order
 
     # "Darcy" twice at 1.0 and 0.9 (log-sum-exp ~1.64) beats "Bingley" once at 1.5
     readings = [(1.5, "Bingley"), (1.0, "Mr. Darcy"), (0.2, ""), (0.9, "mr darcy"), (-5.0, "")]

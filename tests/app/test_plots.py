@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app import plots
+from app import methods, plots
 from app.types import Answer, Evidence
 
 REPO = Path(__file__).resolve().parents[2]
@@ -192,7 +192,13 @@ def test_chat_summary_has_one_line_per_method_with_page() -> None:
 
 
 def test_ordered_methods_puts_bsbr_first() -> None:
-    assert plots.ordered_methods(["bm25", "faiss", "bsbr", "other"]) == ["bsbr", "faiss", "bm25", "other"]
+    assert methods.ordered(["bm25", "hybrid", "faiss", "bsbr", "other"]) == [
+        "bsbr",
+        "faiss",
+        "hybrid",
+        "bm25",
+        "other",
+    ]
 
 
 def test_document_rows() -> None:

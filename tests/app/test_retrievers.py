@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from fpdf import FPDF
 
-from app.retrievers import FAISS_FILE, Bm25Retriever, FaissRetriever, FusedRetriever, reciprocal_rank_fusion
+from app.retrievers import FAISS_FILE, Bm25Retriever, FaissRetriever, HybridRetriever, reciprocal_rank_fusion
 from ingest import faiss_index
 from ingest.chunk import chunk_document
 from ingest.extract import extract
@@ -67,7 +67,8 @@ def _add(retriever: FaissRetriever, path: Path, doc_id: str, old_format: bool = 
         index = faiss_index.build_index(retriever.embedder.encode([c.text for c in chunks]))
         writer = lambda p: faiss_index.save_index(index, p)  # noqa: E731
     else:
-        writer = retriever.build(chunks)
+        [(name, writer)] = retriever.index(chunks).items()
+        assert name == FAISS_FILE
     retriever.store.add(doc_id, parsed, chunks, {FAISS_FILE: writer}, "local", {})
     return doc_id
 
@@ -140,7 +141,7 @@ def test_the_faiss_method_fuses_dense_and_bm25_ranks(retriever, tmp_path):
     chunks = retriever.store.chunks(doc_id)
     [news] = [c.index for c in chunks if "Netherfield" in c.text]
     sparse = Bm25Retriever(retriever.store)
-    fused = FusedRetriever(retriever, sparse)
+    fused = HybridRetriever(retriever, sparse)
     dense_ids, _, dense_every = retriever.top(question, doc_id, len(chunks))
     _, _, sparse_every = sparse.top(question, doc_id, len(chunks))
     ids, scores, every = fused.top(question, doc_id, len(chunks))

@@ -41,7 +41,7 @@ def test_ingest_reports_the_books_pages_tokens_and_chunks_and_adds_nothing_twice
     assert not again["new"] and again["doc_id"] == ingested["doc_id"]
 
 
-def test_fused_faiss_finds_the_netherfield_passage_that_minilm_alone_misses(ingested, home):
+def test_hybrid_finds_the_netherfield_passage_that_faiss_alone_misses(ingested, home):
     """Issue 2's check of the retrieval stage: MiniLM alone ranks this passage 28th, the fusion with
     BM25 puts it among the candidates the reader reads (6th)."""
     from app import DocQA
@@ -50,10 +50,10 @@ def test_fused_faiss_finds_the_netherfield_passage_that_minilm_alone_misses(inge
     question, doc_id = "What estate has been let at last?", ingested["doc_id"]
     [news] = [c for c in qa.store.chunks(doc_id) if "Netherfield Park is let at last" in c.text]
     assert news.page_start == 1
-    fused = list(qa.fused.top(question, doc_id, 50)[0])
-    dense = list(qa.faiss.top(question, doc_id, 50)[0])
-    assert news.index in fused[: qa.read_k // 2]
-    assert news.index not in dense[: qa.read_k]
+    hybrid = list(qa.hybrid.top(question, doc_id, 50)[0])
+    faiss_alone = list(qa.faiss.top(question, doc_id, 50)[0])
+    assert news.index in hybrid[: qa.read_k // 2]
+    assert news.index not in faiss_alone[: qa.read_k]
 
 
 @pytest.mark.xfail(
@@ -62,11 +62,11 @@ def test_fused_faiss_finds_the_netherfield_passage_that_minilm_alone_misses(inge
     "and abstains; run 8's answered 'Netherfield Park' when reading 16 candidates, 'Longbourn estate' "
     "at 20. Strict: it fails once the answer is right again, so that this mark goes.",
 )
-def test_faiss_answers_netherfield_park_from_page_one(ingested, home):
+def test_hybrid_answers_netherfield_park_from_page_one(ingested, home):
     question = "What estate has been let at last?"
-    out = json.loads(_cli("ask", str(BOOK), question, "--method", "faiss", "--json", home=home).stdout)
+    out = json.loads(_cli("ask", str(BOOK), question, "--method", "hybrid", "--json", home=home).stdout)
     [answer] = out["answers"]
-    assert answer["method"] == "faiss" and not answer["abstained"]
+    assert answer["method"] == "hybrid" and not answer["abstained"]
     assert "Netherfield" in answer["answer"]
     top = answer["evidence"][0]
     assert "Netherfield Park is let at last" in top["text"] and top["page_start"] == 1
