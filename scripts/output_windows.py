@@ -1,7 +1,7 @@
 """Held-out retrieval of a trained delta by output-level window size (issue 7): how the shipped
 `output_window` was chosen, on the held-out train articles (never dev).
 
-    python scripts/output_windows.py --data .carry/train48.safetensors --model assets/qa_model 0 64 32 16 12 8
+    python -m scripts.output_windows --data .carry/train48.safetensors --model assets/qa_model 0 64 32 16 12 8
 
 For each window size (0 = one mean per chunk, as trained) it encodes the held-out document(s) and ranks
 their chunks for the questions `model.train.validation.validate` samples (--limit 1200, seed 0),
@@ -12,17 +12,14 @@ printing retrieval recall@1/5/20/50. CPU: about 2.5 minutes a size. `--write W` 
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from model.qa import DocQAModel  # noqa: E402
-from model.train.data import Documents, load_data  # noqa: E402
-from model.train.losses import question_scores  # noqa: E402
-from model.train.validation import held_out_questions  # noqa: E402
+from model.qa import DocQAModel
+from model.train.data import Documents, load_data
+from model.train.losses import question_scores
+from model.train.validation import held_out_questions
 
 
 @torch.no_grad()
