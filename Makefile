@@ -22,4 +22,4 @@ bench:
 	$(PY) -m model.bench --device cuda --backward --json docs/bench.json --plot docs/bench.png
 
 sample-pdf:
-	$(PY) scripts/make_sample_pdf.py
+	$(PY) -m scripts.make_sample_pdf

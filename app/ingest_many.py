@@ -318,7 +318,7 @@ def run(args: argparse.Namespace) -> int:
     """The ingest-many command on this rank; rank 0 prints the summary. Exit 1 if any file failed."""
     import torch.distributed as dist
 
-    from model.train import setup_distributed
+    from model.train.distributed import setup_distributed
 
     workers = default_workers() if args.workers is None else args.workers
     if workers < 0:

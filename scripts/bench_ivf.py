@@ -1,7 +1,7 @@
 """Recall@10 and query time of the library IVF index vs the exact flat index, on the same vectors.
 
-    python scripts/bench_ivf.py                       # real vectors only
-    python scripts/bench_ivf.py --scale 100000 200000 # plus larger sets grown from them (see below)
+    python -m scripts.bench_ivf                       # real vectors only
+    python -m scripts.bench_ivf --scale 100000 200000 # plus larger sets grown from them (see below)
 
 Database: all-MiniLM-L6-v2 embeddings of the SQuAD v1.1 dev paragraphs (../shared/data/squad-v1.1,
 2,067 paragraphs) and of the chunks of Pride and Prejudice (../shared/data/books, chunked like ingest).
@@ -17,15 +17,12 @@ import argparse
 import gzip
 import json
 import random
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ingest.faiss_index import build_library_index  # noqa: E402
+from ingest.faiss_index import build_library_index
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 

@@ -1,6 +1,6 @@
 """Ingest the sample book and time questions on it with every method (CPU or GPU, whatever DocQA picks).
 
-    python scripts/book_latency.py [--pdf assets/pride_and_prejudice.pdf] [--repeat 3] [--json OUT]
+    python -m scripts.book_latency [--pdf assets/pride_and_prejudice.pdf] [--repeat 3] [--json OUT]
 
 Prints the ingest stage timings and, per method, p50/p95 question latency over the book questions below
 (each asked --repeat times after one warm-up question), with the first answer and its page.
@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from app import DocQA  # noqa: E402
-from app.metrics import percentile  # noqa: E402
+from app import DocQA
+from app.metrics import percentile
 
 QUESTIONS = [
     "What estate has been let at last?",

@@ -6,7 +6,7 @@ bytes) and runs extract + chunking on it; every --docqa-every-th input that extr
 the whole DocQA.ingest + ask (models, store) in a temporary DOCQA_HOME. A failing input is saved
 under --crash-dir with its traceback, and the run goes on. Prints a JSON summary.
 
-    python scripts/fuzz_ingest.py --seconds 600 --seed 1 [--docqa-every 200] [--crash-dir runs/fuzz]
+    python -m scripts.fuzz_ingest --seconds 600 --seed 1 [--docqa-every 200] [--crash-dir runs/fuzz]
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ import traceback
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before the import below loads transformers
 
 from tests.robustness.test_fuzz import check_input, mutate, seeds  # noqa: E402
 

@@ -3,8 +3,8 @@
 The GPU machine cannot reach the package index and the tree that travels is limited to 64 MiB, so the
 90 MB fp32 model goes as fp16 with its two byte planes separated and xz-compressed (~38 MB).
 
-    python scripts/gpu_carry.py pack .carry/minilm          # here
-    python scripts/gpu_carry.py unpack .carry/minilm /tmp/minilm && export DOCQA_MINILM_DIR=/tmp/minilm
+    python -m scripts.gpu_carry pack .carry/minilm          # here
+    python -m scripts.gpu_carry unpack .carry/minilm /tmp/minilm && export DOCQA_MINILM_DIR=/tmp/minilm
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ def pack(dest: Path) -> None:
     import torch
     from safetensors.torch import load_file, save
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from model.minilm import minilm_dir
 
     src = minilm_dir()

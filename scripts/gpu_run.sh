@@ -23,7 +23,7 @@ fi
 if [ -f .carry/faiss_site.tar.xz ]; then
   mkdir -p /tmp/site && tar xJf .carry/faiss_site.tar.xz -C /tmp/site && export PYTHONPATH=/tmp/site
 fi
-[ -d /tmp/minilm ] || python3 scripts/gpu_carry.py unpack .carry/minilm /tmp/minilm
+[ -d /tmp/minilm ] || python3 -m scripts.gpu_carry unpack .carry/minilm /tmp/minilm
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$OUT/gpu.txt"
 STEPS=${TRAIN_STEPS:-1500}
 for step in "$@"; do
@@ -52,7 +52,7 @@ for step in "$@"; do
                timeout 560 python3 -m app eval --data .carry/dev-v1.1.json.gz --json "$OUT/eval_$name.json" \
                --max-minutes "${EVAL_MINUTES:-6.5}" "$@" > "$OUT/eval_$name.log" 2>&1; }
            book() { CUDA_VISIBLE_DEVICES=$1 DOCQA_HOME=/tmp/home_book DOCQA_MODEL_DIR=${MODEL_DIR:-assets/qa_model} \
-               timeout 200 python3 scripts/book_latency.py --json "$OUT/book.json" > "$OUT/book.log" 2>&1; }
+               timeout 200 python3 -m scripts.book_latency --json "$OUT/book.json" > "$OUT/book.log" 2>&1; }
            if [ "$GPUS" -ge 4 ]; then
              par 0 all_bsbr --group all --methods bsbr &
              par 1 all_faiss --group all --methods faiss &
@@ -87,7 +87,7 @@ for step in "$@"; do
            ev squad_all "$m" --data .carry/data/dev-v1.1.json.gz --group all --methods bsbr,faiss --limit 1500 &
            DOCQA_AGGREGATE=0 ev squad_all_noagg "$m" --data .carry/data/dev-v1.1.json.gz --group all \
              --methods bsbr,faiss --limit 1500 &
-           DOCQA_HOME=/tmp/home_book DOCQA_MODEL_DIR=$m timeout 300 python3 scripts/book_latency.py \
+           DOCQA_HOME=/tmp/home_book DOCQA_MODEL_DIR=$m timeout 300 python3 -m scripts.book_latency \
              --repeat 1 --json "$E/book.json" > "$E/book.log" 2>&1 &
            wait; for f in $E/eval_*.log $E/book.log; do echo "## $f"; grep -v -e 'it/s' "$f" | tail -n 9; done
            tar czf "$OUT/evals.tgz" -C $E . ;;
@@ -100,7 +100,7 @@ for step in "$@"; do
                --data .carry/train.safetensors.xz --out "/tmp/scale_$n" --steps 40 --docs-per-step "$n" \
                --val-questions 0 --log-every 10 --save-every 100000 --lora-rank "${LORA_RANK:-16}" \
                > "$OUT/train_scale_$n.log" 2>&1; grep -E '"step": (10|20|30|40),' "$OUT/train_scale_$n.log"; done ;;
-    library) timeout 200 python3 scripts/make_library.py --out /tmp/library --books "${BOOKS:-200}" \
+    library) timeout 200 python3 -m scripts.make_library --out /tmp/library --books "${BOOKS:-200}" \
                --novel .carry/pride_and_prejudice.txt --squad .carry/dev-v1.1.json.gz 2>&1 | tee "$OUT/library.log" ;;
     ingest-scale) TIMEOUT=${INGEST_TIMEOUT:-240} bash scripts/scale_ingest.sh /tmp/library "${SCALE_GPUS:-1 2 4}" \
                2>&1 | tee "$OUT/ingest_scale.txt" ;;
@@ -109,7 +109,7 @@ for step in "$@"; do
              --max-minutes "${EVAL_MINUTES:-8}" \
              2>&1 | tee "$OUT/eval_all.log" ;;
     book) DOCQA_HOME=/tmp/home DOCQA_MODEL_DIR=${MODEL_DIR:-assets/qa_model} timeout 300 python3 \
-             scripts/book_latency.py --json "$OUT/book.json" 2>&1 | tee "$OUT/book.log" ;;
+             -m scripts.book_latency --json "$OUT/book.json" 2>&1 | tee "$OUT/book.log" ;;
     *) echo "unknown step $step" ;;
   esac
 done

@@ -11,7 +11,7 @@ uploads a fresh document between questions. Every answer is checked: evidence on
 own documents (sessions are isolated) and the client's fact in the top passage. Everything is bounded:
 loopback only, --clients threads, --seconds of load, --max-requests per client, --request-timeout.
 
-    python scripts/load_test.py --clients 16 --seconds 120 [--json runs/load.json]
+    python -m scripts.load_test --clients 16 --seconds 120 [--json runs/load.json]
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ about CHAPTER_CHARS characters, until about --pages pages; make_sample_pdf.build
 the sample book (A5, running header, page numbers). Every book has different bytes (its own title and
 order), and the same arguments give the same files. Books render in parallel, one per process.
 
-    python scripts/make_library.py --out /tmp/library --novel NOVEL.txt --squad dev-v1.1.json.gz \
+    python -m scripts.make_library --out /tmp/library --novel NOVEL.txt --squad dev-v1.1.json.gz \
         [--books 200] [--pages 320] [--seed 0] [--jobs N]
 """
 
@@ -23,16 +23,13 @@ import json
 import os
 import random
 import re
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from functools import lru_cache, partial
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import make_sample_pdf  # noqa: E402
+from scripts import make_sample_pdf
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA = REPO_ROOT / ".." / "shared" / "data"

@@ -8,7 +8,7 @@ number in the footer of every page, each chapter from a new page), so that inges
 books have: headers and footers to drop and page numbers to keep. The bytes are deterministic (fixed
 creation date, no random ids), so re-running gives the same file.
 
-    python scripts/make_sample_pdf.py [SOURCE] [--out assets/pride_and_prejudice.pdf]
+    python -m scripts.make_sample_pdf [SOURCE] [--out assets/pride_and_prejudice.pdf]
 """
 
 from __future__ import annotations

@@ -1,31 +1,31 @@
 """Held-out retrieval of a trained delta by output-level window size (issue 7): how the shipped
 `output_window` was chosen, on the held-out train articles (never dev).
 
-    python scripts/output_windows.py --data .carry/train48.safetensors --model assets/qa_model 0 64 32 16 12 8
+    python -m scripts.output_windows --data .carry/train48.safetensors --model assets/qa_model 0 64 32 16 12 8
 
 For each window size (0 = one mean per chunk, as trained) it encodes the held-out document(s) and ranks
-their chunks for the questions `model.train.validate` samples (--limit 1200, seed 0), printing retrieval
-recall@1/5/20/50. CPU: about 2.5 minutes a size. `--write W` then sets `"encoder": {"output_window": W}`
-in the model's config.json (16 for the shipped model: the middle of the 8-16 plateau, fewest vectors).
+their chunks for the questions `model.train.validation.validate` samples (--limit 1200, seed 0),
+printing retrieval recall@1/5/20/50. CPU: about 2.5 minutes a size. `--write W` then sets
+`"encoder": {"output_window": W}` in the model's config.json (16 for the shipped model: the middle of the
+8-16 plateau, fewest vectors).
 """
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from model.qa import DocQAModel  # noqa: E402
-from model.train import Documents, held_out_questions, load_data, question_scores  # noqa: E402
+from model.qa import DocQAModel
+from model.train.data import Documents, load_data
+from model.train.losses import question_scores
+from model.train.validation import held_out_questions
 
 
 @torch.no_grad()
 def held_out_recall(model: DocQAModel, docs: Documents, limit: int, device: str) -> dict[int, float]:
     hits: dict[int, list[float]] = {k: [] for k in (1, 5, 20, 50)}
-    for g, qs in held_out_questions(docs, limit).items():  # the sample of model.train.validate(limit)
+    for g, qs in held_out_questions(docs, limit).items():  # the sample validate(limit) reads
         ids, mask = docs.chunks(g, device)
         cache = model.document_cache(ids, mask)
         first = docs.ranges[g][0]

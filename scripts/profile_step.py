@@ -1,9 +1,9 @@
 """Where a joint training step's time goes, on one GPU (issue 7: ~0.75 s a step on an H200).
 
-    python scripts/profile_step.py --data .carry/train48.safetensors.xz [--steps 4] [--json OUT]
+    python -m scripts.profile_step --data .carry/train48.safetensors.xz [--steps 4] [--json OUT]
 
 Times the document pass, the question pass (retrieval loss), the reader rows and the backward of
-`model.train.step_loss`'s work for a few steps of the run-8 recipe (LoRA rank 64, output level, 4,096
+`model.train.losses.step_loss`'s work for a few steps of the run-8 recipe (LoRA rank 64, output level, 4,096
 retrieval questions, 192 read), after two warm-up steps; then prints torch.profiler's top CUDA kernels
 for one step.
 """
@@ -11,17 +11,15 @@ for one step.
 import argparse
 import json
 import random
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from model.qa import DocQAModel, QAConfig  # noqa: E402
-from model.train import Documents, load_data, question_scores, reader_loss  # noqa: E402
+from model.qa import DocQAModel, QAConfig
+from model.train.data import Documents, load_data
+from model.train.losses import question_scores, reader_loss
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Retrieval recall@20 of each method (bsbr, faiss = FAISS alone, hybrid = FAISS fused with BM25,
 bm25) against document length (issue 7 analysis).
 
-    DOCQA_HOME=/tmp/len python scripts/retrieval_by_length.py PARTS [SQUAD_JSON_GZ]
+    DOCQA_HOME=/tmp/len python -m scripts.retrieval_by_length PARTS [SQUAD_JSON_GZ]
 
 Splits the SQuAD articles (in order) into PARTS documents, ingests each, and asks up to 1,000 random
 questions of their own document; prints each method's retrieval-stage recall@1, @5 and @20. PARTS=1 is
@@ -14,10 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from app.docqa import DocQA  # noqa: E402
-from app.evaluate import EvalQuestion, gold_chunks, load_squad  # noqa: E402
+from app.docqa import DocQA
+from app.evaluate import EvalQuestion, gold_chunks, load_squad
 
 parts = int(sys.argv[1])
 data = Path(sys.argv[2] if len(sys.argv) > 2 else "../shared/data/squad-v1.1/dev-v1.1.json.gz")

@@ -232,7 +232,7 @@ def test_bad_parameters_are_refused(tokenizer, max_tokens, overlap) -> None:
 @pytest.fixture(scope="module")
 def sample_book():
     if not SAMPLE_PDF.exists():
-        pytest.skip("assets/pride_and_prejudice.pdf is missing (run scripts/make_sample_pdf.py)")
+        pytest.skip("assets/pride_and_prejudice.pdf is missing (run python -m scripts.make_sample_pdf)")
     return extract(SAMPLE_PDF)
 
 

@@ -13,8 +13,10 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from model.train import NEAR, Documents, ReaderPlan, StepPlan, parse_args, train
-from tests.model.test_qa import synthetic_documents, tiny_model
+from model.train.config import TrainConfig
+from model.train.data import NEAR, Documents, ReaderPlan, StepPlan, load_data
+from model.train.train import FIT_LAST, steps_that_fit, train
+from tests.model.test_qa import synthetic_documents, synthetic_file, tiny_model
 
 N_DOCS = 4
 # Biases that shift every logit of a softmax equally have a zero gradient: what they get is rounding
@@ -23,16 +25,16 @@ SHIFT_INVARIANT = ("meta_key.bias", "span_head.bias")
 DOCS_PER_STEP = 4  # two documents per rank: gradient accumulation under DDP's no_sync is exercised too
 
 
-def _args(out: Path, docs_per_step: int):
-    return parse_args(
-        ["--out", str(out), "--steps", "3", "--docs-per-step", str(docs_per_step)]
+def _args(data: str, out: Path, docs_per_step: int) -> TrainConfig:
+    return TrainConfig.from_cli(
+        ["--data", data, "--out", str(out), "--steps", "3", "--docs-per-step", str(docs_per_step)]
         + ["--questions-per-step", "4", "--lr", "5e-3", "--warmup", "1", "--val-questions", "0"]
         + ["--log-every", "1", "--save-every", "100", "--device", "cpu"]
         + ["--reader-steps", "2", "--reader-questions", "8"]  # the reader phase's all-reduce too
     )
 
 
-def _rank(rank: int, world: int, port: int, out: str) -> None:
+def _rank(rank: int, world: int, port: int, data: str, out: str) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
@@ -41,7 +43,7 @@ def _rank(rank: int, world: int, port: int, out: str) -> None:
         WORLD_SIZE=str(world),
     )  # what torchrun sets
     torch.set_num_threads(1)
-    train(tiny_model(rank=4), Documents(synthetic_documents(n_docs=N_DOCS)), _args(Path(out), DOCS_PER_STEP))
+    train(tiny_model(rank=4), Documents(load_data(data)), _args(data, Path(out), DOCS_PER_STEP))
 
 
 def _free_port() -> int:
@@ -52,9 +54,8 @@ def _free_port() -> int:
 
 def test_ranks_split_each_steps_documents_and_questions_like_one_process():
     docs = Documents(synthetic_documents(n_docs=N_DOCS))
-    args = _args(Path("unused"), docs_per_step=2)
-    one = StepPlan(docs, args, rank=0, world=1)
-    ranks = [StepPlan(docs, args, rank=r, world=2) for r in range(2)]
+    one = StepPlan(docs, seed=0, docs_per_step=2, questions=4)
+    ranks = [StepPlan(docs, seed=0, docs_per_step=2, questions=4, rank=r, world=2) for r in range(2)]
     for step in range(5):  # crosses an epoch boundary (2 steps per epoch)
         expected = sorted((g, batch) for g, batch, _ in one(step))
         got = sorted((g, batch) for plan in ranks for g, batch, _ in plan(step))
@@ -62,15 +63,16 @@ def test_ranks_split_each_steps_documents_and_questions_like_one_process():
     epochs = [sorted(g for s in (0, 1) for g, _, _ in one(s + 2 * e)) for e in range(2)]
     assert epochs[0] == epochs[1] == list(range(N_DOCS))  # each epoch reads every document once
     assert all(len(batch) == 4 for _, batch, _ in one(0))
-    more = StepPlan(docs, parse_args(["--questions-per-step", "4", "--retrieval-questions", "6"]), 0, 1)
-    assert all(len(batch) == 6 for _, batch, _ in more(0))  # retrieval questions; the first 4 are read
+    more = StepPlan(docs, seed=0, docs_per_step=1, questions=6)
+    assert all(len(batch) == 6 for _, batch, _ in more(0))
+    with pytest.raises(ValueError, match="--docs-per-step 3 must be a multiple of the 2 ranks"):
+        StepPlan(docs, seed=0, docs_per_step=3, questions=4, world=2)
 
 
 def test_reader_phase_batches_split_over_ranks_with_in_document_negatives():
     docs = Documents(synthetic_documents(n_docs=N_DOCS))
-    args = parse_args(["--reader-questions", "8"])
-    one = ReaderPlan(docs, args, rank=0, world=1)
-    ranks = [ReaderPlan(docs, args, rank=r, world=2) for r in range(2)]
+    one = ReaderPlan(docs, seed=0, questions=8)
+    ranks = [ReaderPlan(docs, seed=0, questions=8, rank=r, world=2) for r in range(2)]
     near = 0
     for step in range(20):
         questions, negatives = one(step)
@@ -82,20 +84,15 @@ def test_reader_phase_batches_split_over_ranks_with_in_document_negatives():
             assert a <= n < b and n != int(docs.q_chunk[q])  # another chunk of the same document
             near += abs(n - int(docs.q_chunk[q])) <= NEAR
     assert near == 160  # 6-chunk documents: every negative is near
-    assert one(3) != one(4) and one(3) == ReaderPlan(docs, args, 0, 1)(3)  # seeded per step
+    assert one(3) != one(4) and one(3) == ReaderPlan(docs, seed=0, questions=8)(3)  # seeded per step
     with pytest.raises(ValueError, match="multiple of the 3 ranks"):
-        ReaderPlan(docs, args, 0, 3)
+        ReaderPlan(docs, seed=0, questions=8, world=3)
 
 
-def test_two_gloo_ranks_train_the_same_weights_as_one_process(tmp_path, monkeypatch):
-    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
-        monkeypatch.delenv(name, raising=False)
-    train(
-        tiny_model(rank=4),
-        Documents(synthetic_documents(n_docs=N_DOCS)),
-        _args(tmp_path / "one", DOCS_PER_STEP),
-    )
-    mp.spawn(_rank, args=(2, _free_port(), str(tmp_path / "ddp")), nprocs=2)
+def test_two_gloo_ranks_train_the_same_weights_as_one_process(tmp_path, one_process):
+    data = synthetic_file(tmp_path / "synthetic.safetensors", n_docs=N_DOCS)
+    train(tiny_model(rank=4), Documents(load_data(data)), _args(data, tmp_path / "one", DOCS_PER_STEP))
+    mp.spawn(_rank, args=(2, _free_port(), data, str(tmp_path / "ddp")), nprocs=2)
 
     single = load_file(tmp_path / "one" / "checkpoint.safetensors")
     ddp = load_file(tmp_path / "ddp" / "checkpoint.safetensors")
@@ -117,19 +114,31 @@ def test_two_gloo_ranks_train_the_same_weights_as_one_process(tmp_path, monkeypa
         assert abs(a["span"] - b["span"]) < 1e-3
 
 
-def test_fit_minutes_sets_the_step_count_from_measured_speed(tmp_path, monkeypatch):
-    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
-        monkeypatch.delenv(name, raising=False)
-    args = parse_args(
-        ["--out", str(tmp_path), "--steps", "100000", "--questions-per-step", "4", "--warmup", "1"]
-        + ["--val-questions", "0", "--log-every", "1000", "--save-every", "100000", "--device", "cpu"]
-        + ["--fit-minutes", "0.001"]  # 60 ms: already spent by step 30, so training stops right there
-    )
-    metrics = train(tiny_model(rank=4), Documents(synthetic_documents(n_docs=2)), args)
-    assert metrics["steps"] == 30 and args.steps == 30
-    args = parse_args(
-        ["--out", str(tmp_path / "long"), "--steps", "45", "--questions-per-step", "4", "--warmup", "1"]
-        + ["--val-questions", "0", "--log-every", "1000", "--save-every", "100000", "--device", "cpu"]
-        + ["--fit-minutes", "60"]  # an hour fits more than --steps: --steps stays the cap
-    )
-    assert train(tiny_model(rank=4), Documents(synthetic_documents(n_docs=2)), args)["steps"] == 45
+def test_steps_that_fit_follow_the_measured_speed_within_the_cap():
+    # 30 steps done in 40 s, the last 20 (from step 10 on) in 30 s: 1.5 s a step
+    assert steps_that_fit(fit_minutes=2, cap=1000, step=30, done=30, elapsed=40.0, fit_start=10.0) == 83
+    assert steps_that_fit(2, cap=50, step=30, done=30, elapsed=40.0, fit_start=10.0) == 50  # --steps caps
+    assert steps_that_fit(0.5, cap=1000, step=30, done=30, elapsed=40.0, fit_start=10.0) == 30  # over time
+    # a resumed call (step 630, its 130th step): the speed of this call's steps, the steps of the whole run
+    assert steps_that_fit(3, cap=1000, step=630, done=130, elapsed=130.0, fit_start=10.0) == 680
+
+
+def test_fit_minutes_stops_when_the_time_is_spent_and_never_passes_steps(tmp_path, one_process):
+    data = synthetic_file(tmp_path / "synthetic.safetensors", n_docs=2)
+
+    def run(out: str, steps: int, fit_minutes: str) -> dict:
+        config = TrainConfig.from_cli(
+            ["--data", data, "--out", str(tmp_path / out), "--steps", str(steps), "--questions-per-step", "4"]
+            + ["--warmup", "1", "--val-questions", "0", "--log-every", "1", "--save-every", "100000"]
+            + ["--device", "cpu", "--fit-minutes", fit_minutes, "--max-minutes", "3"]  # if the fit broke
+        )
+        return train(tiny_model(rank=4), Documents(load_data(data)), config)
+
+    # 6 microseconds: spent before step 1 ends, so whatever the speed training stops at the first fit
+    assert run("short", 100000, "1e-7")["steps"] == FIT_LAST
+    rows = [json.loads(line) for line in (tmp_path / "short" / "log.jsonl").open()]
+    assert [r["step"] for r in rows] == list(range(1, FIT_LAST + 1))
+    assert rows[-1]["lr"] == pytest.approx(5e-4 * (100000 - FIT_LAST + 1) / (100000 - 1))  # the old schedule
+    saved = json.loads((tmp_path / "short" / "model" / "train_config.json").read_text())
+    assert saved["steps"] == 100000 and saved["fit_minutes"] == 1e-7  # the options as given
+    assert run("long", 45, "60")["steps"] == 45  # an hour fits more than --steps: --steps stays the cap

@@ -1,14 +1,22 @@
+import dataclasses
 import json
 import math
 import random
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
 from model.encoder import BSBRConfig, BSBREncoder
 from model.qa import DocQAModel, LoRALinear, QAConfig, best_spans, merge_lora, question_rows, reader_rows
-from model.train import Documents, step_loss
+from model.train.checkpoint import load_checkpoint
+from model.train.config import TrainConfig
+from model.train.data import CLS_ID, SEP_ID, Documents, load_data
+from model.train.losses import question_scores, step_loss
+from model.train.train import initial_model, train
+from model.train.validation import RERANK_WEIGHTS, gold_exact, pick, validate
 
 TINY = dict(
     vocab_size=200,
@@ -154,8 +162,6 @@ def test_output_level_with_windows_scores_each_chunk_by_its_best_window():
 
 
 def test_question_pass_in_length_groups_gives_one_batch_scores_and_gradients():
-    from model.train import CLS_ID, SEP_ID, question_scores
-
     model = tiny_model(rank=4)
     params = model.trainable_parameters()
     names = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -240,6 +246,17 @@ def synthetic_documents(n_docs=2, chunks=6, questions=8, seed=0):
     }
 
 
+def synthetic_file(path: Path, **kw) -> str:
+    """synthetic_documents(**kw) saved where --data reads them, as model.data writes them."""
+    save_file(synthetic_documents(**kw), str(path))
+    return str(path)
+
+
+@pytest.fixture
+def data_file(tmp_path) -> str:
+    return synthetic_file(tmp_path / "synthetic.safetensors")
+
+
 def test_training_steps_reduce_the_loss():
     model = tiny_model(rank=4).train()
     docs = Documents(synthetic_documents())
@@ -272,8 +289,6 @@ def test_retrieval_trains_on_every_question_and_the_reader_on_the_first_n_read()
 
 
 def test_validate_picks_a_rerank_weight_and_calibrates_with_it():
-    from model.train import RERANK_WEIGHTS, pick, validate
-
     data = synthetic_documents(n_docs=3)
     data["doc_is_val"] = torch.tensor([True, False, False])
     docs = Documents(data)
@@ -295,35 +310,26 @@ def test_validate_picks_a_rerank_weight_and_calibrates_with_it():
     assert pick(read, 0.0)["chunk"].item() == 7 and pick(read, 1.0)["chunk"].item() == 5
 
 
-@pytest.fixture
-def one_process(monkeypatch):
-    """Training in this process, whatever torchrun variables the environment has."""
-    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
-        monkeypatch.delenv(name, raising=False)
-
-
-def small_run(out, *flags: str):
-    """model.train arguments for a few CPU steps on synthetic_documents(), logging every step."""
-    from model.train import parse_args
-
-    return parse_args(
-        ["--out", str(out), *flags, "--questions-per-step", "4", "--lr", "5e-3", "--warmup", "1"]
-        + ["--val-questions", "0", "--log-every", "1", "--save-every", "1000", "--device", "cpu"]
+def small_run(data: str, out, *flags: str) -> TrainConfig:
+    """model.train options for a few CPU steps on `data` (synthetic_file), logging every step."""
+    return TrainConfig.from_cli(
+        ["--data", data, "--out", str(out), "--questions-per-step", "4", "--lr", "5e-3", "--warmup", "1"]
+        + ["--val-questions", "0", "--log-every", "1", "--save-every", "1000", "--device", "cpu", *flags]
     )
 
 
-def test_reader_phase_trains_the_reader_alone_then_resumes_with_the_joint_steps(tmp_path, one_process):
-    from safetensors.torch import load_file, save_file
-
-    from model.train import gold_exact, load_checkpoint, train
-
+def test_reader_phase_trains_the_reader_alone_then_resumes_with_the_joint_steps(
+    tmp_path, data_file, one_process
+):
     def args(steps: int):
-        return small_run(tmp_path, "--steps", str(steps), "--reader-steps", "60", "--reader-questions", "8")
+        return small_run(
+            data_file, tmp_path, "--steps", str(steps), "--reader-steps", "60", "--reader-questions", "8"
+        )
 
     model = tiny_model(rank=4)
     retrieval = {n: p.detach().clone() for n, p in model.named_parameters() if "meta_" in n}
     assert retrieval
-    metrics = train(model, Documents(synthetic_documents()), args(0))
+    metrics = train(model, Documents(load_data(data_file)), args(0))
     assert metrics["reader_steps"] == 60 and metrics["steps"] == 0
     rows = [json.loads(line) for line in (tmp_path / "log.jsonl").open()]
     spans = [r["span"] for r in rows if "reader_step" in r]
@@ -335,7 +341,7 @@ def test_reader_phase_trains_the_reader_alone_then_resumes_with_the_joint_steps(
         if name in retrieval:  # no document cache is read: block retrieval's weights stay as they were
             assert torch.equal(p.detach(), retrieval[name]), name
     # Resuming from the checkpoint: the reader phase is done, only the joint steps run.
-    metrics = train(tiny_model(rank=4), Documents(synthetic_documents()), args(3))
+    metrics = train(tiny_model(rank=4), Documents(load_data(data_file)), args(3))
     assert metrics["reader_steps"] == 60 and metrics["steps"] == 3
     rows = [json.loads(line) for line in (tmp_path / "log.jsonl").open()][len(rows) :]
     assert [r["step"] for r in rows] == [1, 2, 3] and all("reader_step" not in r for r in rows)
@@ -360,37 +366,33 @@ def test_reader_phase_trains_the_reader_alone_then_resumes_with_the_joint_steps(
     assert {s["step"].item() for s in opt.state.values()} == {63.0}
 
 
-def test_init_goes_on_from_a_trained_delta(tmp_path, monkeypatch, one_process):
+def test_init_goes_on_from_a_trained_delta(tmp_path, data_file, monkeypatch, one_process):
     """--init: a later call starts from an earlier run's delta (its reader intact), not from MiniLM."""
-    from safetensors.torch import load_file
-
-    from model.train import gold_exact, initial_model, train
-
-    first = small_run(tmp_path / "a", "--steps", "0", "--reader-steps", "60", "--reader-questions", "8")
-    train(tiny_model(rank=4), Documents(synthetic_documents()), first)
+    first = small_run(
+        data_file, tmp_path / "a", "--steps", "0", "--reader-steps", "60", "--reader-questions", "8"
+    )
+    train(tiny_model(rank=4), Documents(load_data(data_file)), first)
     saved = load_file(tmp_path / "a" / "model" / "delta.safetensors")
 
     monkeypatch.setattr(
         BSBREncoder, "from_minilm", classmethod(lambda cls, **kw: BSBREncoder(BSBRConfig(**TINY)))
     )
-    docs = Documents(synthetic_documents())
+    docs = Documents(load_data(data_file))
     questions = list(range(len(docs.q_ids)))
     torch.manual_seed(0)  # the base weights of tiny_model(seed=0)
-    second = small_run(tmp_path / "b", "--init", str(tmp_path / "a" / "model"))
+    second = small_run(data_file, tmp_path / "b", "--init", str(tmp_path / "a" / "model"))
     model = initial_model(second)
     assert model.training and model.config.lora_rank == 4
-    second.lora_rank = 8
     with pytest.raises(ValueError, match="--lora-rank 8 differs from the 4 of --init"):
-        initial_model(second)
-    second.lora_rank = 4  # the same as the delta's: fine
-    torch.manual_seed(0)
-    assert initial_model(second).config.lora_rank == 4
+        initial_model(dataclasses.replace(second, lora_rank=8))
+    torch.manual_seed(0)  # the same rank as the delta's: fine
+    assert initial_model(dataclasses.replace(second, lora_rank=4)).config.lora_rank == 4
     for name, value in model.delta_state_dict().items():
         torch.testing.assert_close(value, saved[name].float(), atol=0, rtol=0)
     assert sum(gold_exact(model.eval(), docs, questions, torch.device("cpu"))) >= 14  # the trained reader
     assert sum(gold_exact(tiny_model(rank=4), docs, questions, torch.device("cpu"))) < 8  # a fresh one
 
-    second.steps = 2
+    second = dataclasses.replace(second, steps=2)
     metrics = train(model.train(), docs, second)
     assert metrics["steps"] == 2 and metrics["reader_steps"] == 0 and metrics["init"] == second.init
     rows = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").open()]
@@ -398,7 +400,7 @@ def test_init_goes_on_from_a_trained_delta(tmp_path, monkeypatch, one_process):
 
     # --output-level on a delta without it: the level is added (temperature 20) and trains with the rest
     third = small_run(
-        tmp_path / "c", "--init", str(tmp_path / "a" / "model"), "--output-level", "--steps", "2"
+        data_file, tmp_path / "c", "--init", str(tmp_path / "a" / "model"), "--output-level", "--steps", "2"
     )
     torch.manual_seed(0)
     model = initial_model(third)
@@ -493,22 +495,22 @@ def test_reader_twin_delta_round_trip_merged(tmp_path, monkeypatch):
         torch.testing.assert_close(got[finite], expected[finite], atol=3e-2, rtol=3e-2)  # fp16 delta
 
 
-def test_reader_phase_with_reader_adapters_leaves_the_ranking_as_it_was(tmp_path, monkeypatch, one_process):
-    from model.train import gold_exact, initial_model, train
-
+def test_reader_phase_with_reader_adapters_leaves_the_ranking_as_it_was(
+    tmp_path, data_file, monkeypatch, one_process
+):
     monkeypatch.setattr(
         BSBREncoder, "from_minilm", classmethod(lambda cls, **kw: BSBREncoder(BSBRConfig(**TINY)))
     )
     flags = ["--reader-steps", "60", "--reader-questions", "8", "--lora-rank", "4", "--reader-lora-rank", "2"]
     flags.append("--output-level")  # every adapter of the document encoder then feeds the ranking
-    args = small_run(tmp_path, "--steps", "0", *flags)
+    args = small_run(data_file, tmp_path / "run", "--steps", "0", *flags)
     torch.manual_seed(0)
     model = initial_model(args)
     assert (model.config.lora_rank, model.config.reader_lora_rank) == (4, 2)
     model.config.question_tokens, model.config.passage_tokens = 8, 14
     before = {n: p.detach().clone() for n, p in model.encoder.named_parameters()}
     twin = {n: p.detach().clone() for n, p in model.reader_encoder.named_parameters() if "lora_" in n}
-    docs = Documents(synthetic_documents())
+    docs = Documents(load_data(data_file))
     train(model, docs, args)
     for name, p in model.encoder.named_parameters():  # the reader phase trains the twin's adapters only
         assert torch.equal(p.detach(), before[name]), name
@@ -516,7 +518,7 @@ def test_reader_phase_with_reader_adapters_leaves_the_ranking_as_it_was(tmp_path
         not torch.equal(p, twin[n]) for n, p in model.reader_encoder.named_parameters() if "lora_b" in n
     )
     assert sum(gold_exact(model.eval(), docs, list(range(len(docs.q_ids))), torch.device("cpu"))) >= 14
-    args.steps = 2  # resumed: the joint steps then train the document encoder's adapters as well
-    train(model.train(), docs, args)
+    # resumed: the joint steps then train the document encoder's adapters as well
+    train(model.train(), docs, dataclasses.replace(args, steps=2))
     lora = [n for n, _ in model.encoder.named_parameters() if "lora_b" in n]
     assert all(not torch.equal(model.encoder.get_parameter(n).detach(), before[n]) for n in lora)

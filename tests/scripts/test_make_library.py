@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "scripts"))
+from scripts import make_library
 
-import make_library  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 NOVEL = "Title line\n\nChapter 1\n\n" + "\n\n".join(
     f"Paragraph {i} of the novel, in which Elizabeth walks to Netherfield for the {i}th time."
@@ -61,7 +60,7 @@ def test_library_then_scale_run_on_cpu(tmp_path, sources):
 
     novel, squad = sources
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
-    make = [sys.executable, "scripts/make_library.py", "--books", "3", "--pages", "2", "--jobs", "2"]
+    make = [sys.executable, "-m", "scripts.make_library", "--books", "3", "--pages", "2", "--jobs", "2"]
     make += ["--novel", str(novel), "--squad", str(squad), "--out"]
     done = subprocess.run(
         [*make, str(tmp_path / "lib")], cwd=ROOT, capture_output=True, text=True, timeout=120
