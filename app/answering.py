@@ -37,27 +37,24 @@ class Answerer:
             encoder picks a sentence).
         read_k: candidates read per method and question.
         aggregate: pool the scores of the same answer found in several passages.
+        library_index: ingest-many's library index (app.retrievers.FaissLibrary), searched once by
+            `faiss` for a question to several documents it covers; None: each document's own index.
     """
 
-    def __init__(self, library: Library, retrievers: Mapping, engine, read_k: int, aggregate: bool) -> None:
+    def __init__(
+        self, library: Library, retrievers: Mapping, engine, read_k: int, aggregate: bool, library_index=None
+    ) -> None:
         self.library = library
         self.retrievers = retrievers
         self.engine = engine
         self.read_k = read_k
         self.aggregate = aggregate
+        self.library_index = library_index
 
     def answer(self, method: str, question: str, doc_ids: list[str], top_k: int, depth: int) -> Answer:
         """One method's answer over `doc_ids`: `depth` candidates retrieved, `top_k` passages shown."""
         start = time.perf_counter()
-        retriever = self.retrievers[registry.BY_NAME[method].retriever]
-        candidates: list[Candidate] = []
-        chunk_scores: dict[str, list[float]] = {}
-        for doc_id in doc_ids:
-            ids, scores, every = retriever.top(question, doc_id, depth)
-            candidates += [(float(s), doc_id, int(i)) for s, i in zip(scores, ids, strict=True)]
-            chunk_scores[doc_id] = every.tolist()
-        candidates.sort(key=lambda c: -c[0])
-        candidates = candidates[:depth]
+        candidates, chunk_scores = self._retrieve(method, question, doc_ids, depth)
         if self.engine is None:
             evidence = [
                 self.library.evidence(doc_id, idx, score) for score, doc_id, idx in candidates[:top_k]
@@ -69,6 +66,27 @@ class Answerer:
         answer.chunk_scores = chunk_scores
         answer.retrieved = [idx for _, _, idx in candidates]
         return answer
+
+    def _retrieve(
+        self, method: str, question: str, doc_ids: list[str], depth: int
+    ) -> tuple[list[Candidate], dict[str, list[float]]]:
+        """The best `depth` candidates over the documents, and the score of every chunk of each document
+        (of the documents the candidates come from, where the library index answered)."""
+        name = registry.BY_NAME[method].retriever
+        library = self.library_index
+        if name == "faiss" and len(doc_ids) > 1 and library is not None and library.covers(doc_ids):
+            candidates = library.top(question, doc_ids, depth)
+            faiss = self.retrievers["faiss"]
+            hit = dict.fromkeys(d for _, d, _ in candidates)
+            return candidates, {d: faiss.scores(question, d).tolist() for d in hit}
+        candidates: list[Candidate] = []
+        chunk_scores: dict[str, list[float]] = {}
+        for doc_id in doc_ids:
+            ids, scores, every = self.retrievers[name].top(question, doc_id, depth)
+            candidates += [(float(s), doc_id, int(i)) for s, i in zip(scores, ids, strict=True)]
+            chunk_scores[doc_id] = every.tolist()
+        candidates.sort(key=lambda c: -c[0])
+        return candidates[:depth], chunk_scores
 
     def _read(self, method: str, question: str, candidates: list[Candidate], top_k: int) -> Answer:
         """Read the top read_k candidates, rerank them, answer or abstain.

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -48,8 +49,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+")
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     p.add_argument("--password", default=None, help="password for encrypted PDFs")
-    p = sub.add_parser("ask", help="ask a question of a document (file path or doc id)")
-    p.add_argument("doc")
+    p = sub.add_parser("ask", help="ask a question of documents (file paths or doc ids, or all)")
+    p.add_argument(
+        "docs",
+        nargs="+",
+        metavar="DOC",
+        help="file paths (ingested on first use) or doc ids; 'all': every stored one",
+    )
     p.add_argument("question")
     p.add_argument(
         "--method",
@@ -112,18 +118,26 @@ def cmd_ingest(qa, args) -> int:
 
 
 def cmd_ask(qa, args) -> int:
-    doc_id = qa.resolve(args.doc, progress=StageBars(enabled=not args.json))
-    answers = qa.ask(
-        args.question, docs=[doc_id], methods=_methods(args.method, qa.methods), top_k=args.top_k
-    )
+    every = args.docs == ["all"] and not Path("all").exists()
+    doc_ids = None if every else [qa.resolve(d, progress=StageBars(enabled=not args.json)) for d in args.docs]
+    answers = qa.ask(args.question, docs=doc_ids, methods=_methods(args.method, qa.methods), top_k=args.top_k)
     if args.json:
         print(json.dumps({"question": args.question, "answers": [a.to_json() for a in answers]}, indent=2))
         return 0
     for a in answers:
         shown = "(abstains) " + a.message if a.abstained else a.answer
+        if not a.abstained and a.evidence and a.evidence[0].answer_page is not None:
+            top = a.evidence[0]
+            shown += (
+                f" ({top.title}, p. {top.answer_page})"
+                if len(doc_ids or [0, 0]) > 1
+                else f" (p. {top.answer_page})"
+            )
         print(f"[{a.method}] {shown}   score {a.score:.3f}, {a.latency_ms:.0f} ms")
         for e in a.evidence[:3]:
             pages = f"p. {e.page_start}" if e.page_start == e.page_end else f"pp. {e.page_start}-{e.page_end}"
+            if len(doc_ids or [None, None]) > 1:
+                pages = f"{e.title}, {pages}"
             snippet = " ".join(e.text.split())[:160]
             print(f"    {pages} ({e.score:.3f}): {snippet}...")
     return 0

@@ -39,7 +39,7 @@ class DocQA:
     def __init__(
         self, home: str | Path | None = None, device: str | None = None, settings: Settings | None = None
     ) -> None:
-        from app.retrievers import Bm25Retriever, BsbrRetriever, FaissRetriever, HybridRetriever
+        from app.retrievers import Bm25Retriever, BsbrRetriever, FaissLibrary, FaissRetriever, HybridRetriever
 
         self.settings = settings or Settings.from_env()
         self.device = resolve_device(device or self.settings.device)
@@ -56,8 +56,9 @@ class DocQA:
         self.pipeline = Pipeline(self.store, indexers, self.settings)
         self.library = Library(self.store, on_forget=[r.forget for r in self.retrievers.values()])
         self.read_k = self.settings.read_k or (READ_K_GPU if self.device.startswith("cuda") else READ_K_CPU)
+        library_index = FaissLibrary(self.store, self.faiss)  # ingest-many's, where it has built one
         self.answerer = Answerer(
-            self.library, self.retrievers, self.engine, self.read_k, self.settings.aggregate
+            self.library, self.retrievers, self.engine, self.read_k, self.settings.aggregate, library_index
         )
 
     @property

@@ -15,10 +15,12 @@ The ones that keep files per document (FAISS, BSBR) are also the ingest pipeline
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -231,3 +233,65 @@ class BsbrRetriever:
 
     def forget(self, doc_id: str) -> None:
         self.engine.forget(doc_id)
+
+
+class FaissLibrary:
+    """`ingest-many`'s library index (app/ingest_many.py: LIBRARY_INDEX + LIBRARY_MAP under the store's
+    home), read by the `faiss` method when a question goes to several documents that it covers: one
+    search over the library instead of one per document (the same candidates with a flat index; IVF's
+    are approximate). Reloaded when ingest-many writes it again; documents stored after it was built,
+    or changed since, are not covered, and such questions search each document's own index."""
+
+    def __init__(self, store: DocumentStore, faiss: FaissRetriever) -> None:
+        self.store, self.faiss = store, faiss
+        self._lock = threading.Lock()
+        self._loaded: tuple[float, object, dict[str, tuple[int, int]], np.ndarray, list[str]] | None = None
+
+    def _load(self):
+        """(index, doc id -> (first row, chunks), first rows [D], doc ids [D]) or None without a library."""
+        from app.ingest_many import LIBRARY_INDEX, LIBRARY_MAP
+
+        home = Path(self.store.home)
+        index_path, map_path = home / LIBRARY_INDEX, home / LIBRARY_MAP
+        if not (index_path.is_file() and map_path.is_file()):
+            return None
+        stamp = index_path.stat().st_mtime_ns + map_path.stat().st_mtime_ns
+        with self._lock:
+            if self._loaded is None or self._loaded[0] != stamp:
+                mapping = json.loads(map_path.read_text())
+                docs = mapping["documents"]
+                spans = {d["doc_id"]: (d["first_row"], d["chunks"]) for d in docs}
+                firsts = np.array([d["first_row"] for d in docs], np.int64)
+                self._loaded = (
+                    stamp,
+                    faiss_index.load_index(index_path),
+                    spans,
+                    firsts,
+                    [d["doc_id"] for d in docs],
+                )
+            return self._loaded[1:]
+
+    def covers(self, doc_ids: list[str]) -> bool:
+        """True when every document is in the library with the chunks it has in the store now."""
+        loaded = self._load()
+        if loaded is None:
+            return False
+        spans = loaded[1]
+        return all(d in spans and spans[d][1] == self.store.info(d).n_chunks for d in doc_ids)
+
+    def top(self, question: str, doc_ids: list[str], k: int) -> list[tuple[float, str, int]]:
+        """The best k (score, doc id, chunk index) of `doc_ids` (which `covers` must accept), best first."""
+        index, _, firsts, order = self._load()
+        wanted = set(doc_ids)
+        query, fetch = self.faiss.embed_query(question), k
+        while True:
+            scores, rows = faiss_index.search(index, query, fetch)
+            owner = np.searchsorted(firsts, rows, side="right") - 1
+            found = [
+                (float(s), order[o], int(r - firsts[o]))
+                for s, r, o in zip(scores, rows, owner, strict=True)
+                if order[o] in wanted
+            ]
+            if len(found) >= k or len(rows) < fetch:  # enough, or the whole library came back
+                return found[:k]
+            fetch *= 4
