@@ -10,9 +10,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from app import zerogpu
 from app.docqa import DocQA
 from app.sample import SAMPLE_PDF, SampleBook
-from app.settings import Settings
+from app.settings import Settings, resolve_device
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -33,9 +34,10 @@ def create_app(
     os.environ.setdefault("GRADIO_TEMP_DIR", str(settings.home / "uploads"))
     from app.ui import build_ui
 
+    zerogpu.prepare(settings)
     qa = DocQA(settings=settings)
     sample = SampleBook(qa, Path(sample_path))
-    if preingest:
+    if preingest and not settings.zero_gpu:  # on ZeroGPU there is no GPU outside a visitor's call
         sample.start()
     return qa, build_ui(qa, settings, sample=sample)
 
@@ -46,7 +48,8 @@ def launch(
     """Serve `demo` (blocking unless kwargs say prevent_thread_lock=True); host/port default to settings."""
     from app.ui import launch_options
 
-    demo.queue().launch(
+    concurrency = settings.concurrency or (4 if resolve_device(settings.device).startswith("cuda") else 1)
+    demo.queue(default_concurrency_limit=concurrency).launch(
         server_name=host or settings.host,
         server_port=port or settings.port,
         **launch_options(settings),

@@ -41,6 +41,11 @@ class Settings:
             where BSBR's recall@1 was 0.72 instead of 0.81).
         model_dir: the trained BSBR delta (without one, BSBR is not offered).  DOCQA_MODEL_DIR; default
             assets/qa_model.
+        concurrency: calls of one web endpoint served at once (questions of different visitors).
+            DOCQA_CONCURRENCY; default 4 on a GPU (the CPU-side steps of one overlap another's GPU work),
+            1 on a CPU (one question already uses every core).
+        zero_gpu: running on a Hugging Face Space with ZeroGPU hardware (app/zerogpu.py).
+            SPACES_ZERO_GPU, set by the Space.
         aggregate: the same answer found in several read passages adds up their scores (log-sum-exp)
             instead of each passage competing alone.  DOCQA_AGGREGATE (1 or 0).
     """
@@ -56,6 +61,8 @@ class Settings:
     read_k: int | None
     aggregate: bool = True
     model_dir: Path = DEFAULT_MODEL_DIR
+    concurrency: int | None = None
+    zero_gpu: bool = False
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -72,6 +79,8 @@ class Settings:
             read_k=_int("DOCQA_READ_K", 0) or None,
             aggregate=bool(_int("DOCQA_AGGREGATE", 1)),
             model_dir=Path(os.environ.get("DOCQA_MODEL_DIR") or DEFAULT_MODEL_DIR),
+            concurrency=_int("DOCQA_CONCURRENCY", 0) or None,
+            zero_gpu=os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true"),
         )
 
 

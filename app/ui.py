@@ -32,7 +32,7 @@ import gradio as gr
 import pandas as pd
 
 from app import methods as registry
-from app import plots
+from app import plots, zerogpu
 from app.docqa import DocQA
 from app.settings import Settings
 from app.types import Answer, IngestReport
@@ -505,7 +505,7 @@ def _wire(
     listing = [docs["table"], docs["choice"]]
     demo.load(page.on_load, [browser_id], [browser_id, *listing], **_PRIVATE)
     docs["files"].upload(
-        page.upload,
+        zerogpu.gpu(page.upload, page.settings),
         [docs["files"], browser_id],
         [docs["files"], docs["status"], *listing],
         show_progress_on=docs["files"],
@@ -513,7 +513,7 @@ def _wire(
     )
     docs["delete"].click(page.delete, [docs["choice"], browser_id], listing, **_PRIVATE)
     docs["sample"].click(
-        page.load_sample,
+        zerogpu.gpu(page.load_sample, page.settings),
         [browser_id],
         [ask["question"], docs["status"], *listing],
         show_progress_on=docs["table"],
@@ -534,7 +534,7 @@ def _wire(
             show_progress_on=ask["chat"],
             concurrency_limit=None,
             **_PRIVATE,
-        ).success(page.ask_chat, ask_inputs, ask_outputs, **_PRIVATE)
+        ).success(zerogpu.gpu(page.ask_chat, page.settings), ask_inputs, ask_outputs, **_PRIVATE)
     results["plot_doc"].input(page.replot, [results["plot_doc"], scores], plot, **_PRIVATE)
 
 
@@ -543,5 +543,5 @@ def _wire_api(page: Page) -> None:
     with gr.Column(visible=False):
         files = gr.File(file_count="multiple", file_types=FILE_TYPES)
         summaries = gr.JSON()
-        gr.Button().click(page.api_add, [files], [summaries], api_name="add")
-    gr.api(page.api_ask, api_name="ask")
+        gr.Button().click(zerogpu.gpu(page.api_add, page.settings), [files], [summaries], api_name="add")
+    gr.api(zerogpu.gpu(page.api_ask, page.settings), api_name="ask")
