@@ -1,7 +1,10 @@
 """The web page (Gradio): add documents, ask, compare the methods side by side, see where each looked.
 
 The only module that imports gradio. Handlers are short adapters: widget values in, one DocQA call,
-formatted result out; the formatting itself is pure and lives in app/plots.py.
+formatted result out; the formatting itself is pure and lives in app/plots.py (cards, plot) and
+app/evidence.py (the cited page as an image with the passage and answer boxed, or a text's passage in
+context). Each method has its own column: its card, then its evidence page with previous/next buttons.
+Uploaded PDFs are kept in the store (`evidence.keep_source`) so that their pages can be drawn later.
 
 Sessions: a public Space is shared, so every DocQA call passes an owner. In the browser the owner is a
 random id kept in gr.BrowserState (localStorage: it survives reloads); API clients have no BrowserState
@@ -19,20 +22,22 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import gradio as gr
 import pandas as pd
 
+from app import evidence, plots, zerogpu
 from app import methods as registry
-from app import plots, zerogpu
 from app.docqa import DocQA
 from app.settings import Settings
 from app.types import Answer, IngestReport
@@ -66,6 +71,7 @@ _PLOT_CAPTION = (
 )
 _PRIVATE = {"api_visibility": "private"}
 _PROGRESS = gr.Progress()  # a marker: Gradio passes each call its own tracker in its place
+log = logging.getLogger(__name__)
 
 CSS = """
 .hero h1 {margin: 0 0 4px; font-size: 1.6rem;}
@@ -73,8 +79,8 @@ CSS = """
 .hero small {color: var(--body-text-color-subdued);}
 .remove-row {align-items: flex-end !important;}
 .remove-row button {margin-bottom: 10px;}
-.qa-cards {display: grid; grid-template-columns: repeat(auto-fit, minmax(280px, 1fr)); gap: 12px;}
-.qa-cards .card {border: 1px solid var(--border-color-primary); border-radius: 10px; padding: 12px 14px;
+#cards {gap: 12px;}
+#cards .card {border: 1px solid var(--border-color-primary); border-radius: 10px; padding: 12px 14px;
   background: var(--block-background-fill); min-width: 0;}
 .card-head {display: flex; flex-wrap: wrap; align-items: baseline; gap: 4px 10px; margin-bottom: 6px;}
 .card-head .method {font-weight: 700; font-size: 1.05rem; color: var(--color-accent);}
@@ -91,6 +97,14 @@ CSS = """
 .plot-note {color: var(--body-text-color-subdued); font-size: 0.85rem;}
 #status {min-height: 2.5rem;}
 .empty-note {color: var(--body-text-color-subdued); padding: 8px 0;}
+.page-nav {flex-wrap: nowrap !important; gap: 8px;}
+.page-nav button {min-width: 0 !important;}
+.page-caption {font-size: 0.85rem; font-variant-numeric: tabular-nums;}
+.page-note {color: var(--body-text-color-subdued); font-size: 0.85rem;}
+.passage-context {white-space: pre-wrap; max-height: 20rem; overflow-y: auto; font-size: 0.9rem;
+  line-height: 1.5; border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 8px 10px;}
+.passage-context .ctx-passage {background: rgba(99, 102, 241, 0.14);}
+.passage-context mark {background: rgba(245, 158, 11, 0.55); color: inherit; border-radius: 3px;}
 """
 
 
@@ -234,9 +248,9 @@ class Page:
     def _ingest_one(self, path: str, i: int, n: int, owner: str, progress: gr.Progress) -> str:
         name = Path(path).name
         try:
-            return _report_line(
-                self.qa.ingest(path, progress=_relay(progress, f"{name} ({i}/{n})"), owner=owner)
-            )
+            report = self.qa.ingest(path, progress=_relay(progress, f"{name} ({i}/{n})"), owner=owner)
+            self.keep_source(report.doc_id, path)
+            return _report_line(report)
         except IngestError as err:
             message = _error_line(name, err)
             gr.Warning(message)
@@ -263,7 +277,15 @@ class Page:
             message = _error_line(self.sample.path.name, err)
             gr.Warning(message)
             return gr.skip(), f"✗ {plots.html.escape(message)}", *self.documents(owner)
+        self.keep_source(report.doc_id, self.sample.path)
         return SAMPLE_QUESTIONS[0], _report_line(report), *self.documents(owner)
+
+    def keep_source(self, doc_id: str, path: str | Path) -> None:
+        """Keep the PDF for its page images; a failure only costs the images (the answer still shows)."""
+        try:
+            evidence.keep_source(self.qa.store, doc_id, path)
+        except (OSError, StoreError) as err:
+            log.warning("%s: the PDF is not kept for page images: %s", Path(path).name, err)
 
     def settle(
         self, question: str, browser_id: str | None, request: gr.Request, progress: gr.Progress = _PROGRESS
@@ -284,28 +306,70 @@ class Page:
     ):
         owner = self.owner(browser_id, request)
         question = " ".join((question or "").split())
+        n_outputs = 8 + len(self.methods) * len(_Slot.ANSWER_OUTPUTS)
         if not question:
             gr.Warning("Type a question first.")
-            return (gr.skip(),) * 7
+            return (gr.skip(),) * n_outputs
         history = [*(history or []), {"role": "user", "content": question}]
         chosen = [m for m in registry.ordered(methods or self.shown) if m in self.qa.methods]
         try:
             answers = self.qa.ask(question, methods=chosen or self.shown, top_k=int(top_k), owner=owner)
         except (ValueError, StoreError) as err:
             reply = _NO_DOCS if "no documents" in str(err) else str(err)
-            return "", [*history, {"role": "assistant", "content": reply}], *(gr.skip(),) * 5
+            return "", [*history, {"role": "assistant", "content": reply}], *(gr.skip(),) * (n_outputs - 2)
         starts = self.page_starts(answers)
         history.append({"role": "assistant", "content": plots.chat_summary(answers, starts)})
         scores = {a.method: a.chunk_scores for a in answers}
         doc_id = _top_doc(answers)
+        by_method = {a.method: a for a in answers}
         return (
             "",
             history,
-            plots.answers_html(answers, starts),
+            gr.HTML(visible=False),
+            *(u for m in self.methods for u in self.method_result(by_method.get(m), starts)),
             *self.plot(scores, doc_id),
             self.plot_choices(scores, doc_id),
             scores,
         )
+
+    def method_result(self, answer: Answer | None, starts: dict[str, list[int]]) -> tuple:
+        """One method's column: shown with its card and evidence page when it answered, else hidden."""
+        if answer is None:
+            return gr.Column(visible=False), "", *(gr.skip(),) * (len(_Slot.ANSWER_OUTPUTS) - 2)
+        card = plots.answer_card_html(answer, starts)
+        if not answer.evidence:
+            return gr.Column(visible=True), card, *self.evidence_result(None)
+        target = evidence.Target.of(answer.evidence[0], show_answer=not answer.abstained)
+        return gr.Column(visible=True), card, *self.evidence_result(target)
+
+    def evidence_result(self, target: evidence.Target | None) -> tuple:
+        """The evidence page (image, text context, page buttons, caption) and the target it shows."""
+        if target is None:
+            hidden = gr.Button(visible=False)
+            image = gr.AnnotatedImage(value=None, visible=False)
+            return image, gr.HTML(visible=False), hidden, hidden, "", None
+        view = evidence.show(self.qa.store, target)
+        value = view.annotated()
+        note = f'<div class="page-note">{plots.html.escape(view.message)}</div>' if view.message else ""
+        return (
+            gr.AnnotatedImage(value=value, visible=value is not None),
+            gr.HTML(value=view.html, visible=bool(view.html)),
+            gr.Button(visible=view.can_turn, interactive=view.page > 1),
+            gr.Button(visible=view.can_turn, interactive=view.page < view.n_pages),
+            f'<div class="page-caption">{plots.html.escape(view.caption)}</div>{note}',
+            evidence.Target(target.doc_id, view.page, target.passage, target.answer).to_state(),
+        )
+
+    def previous_page(self, state: dict | None) -> tuple:
+        return self.turn(state, -1)
+
+    def next_page(self, state: dict | None) -> tuple:
+        return self.turn(state, +1)
+
+    def turn(self, state: dict | None, delta: int) -> tuple:
+        if not state:
+            return (gr.skip(),) * len(_Slot.TURN_OUTPUTS)
+        return self.evidence_result(evidence.Target.from_state(state).turn(delta))
 
     def page_starts(self, answers: Sequence[Answer]) -> dict[str, list[int]]:
         doc_ids = {e.doc_id for a in answers for e in a.evidence}
@@ -391,7 +455,7 @@ def build_ui(qa: DocQA, settings: Settings, sample: SampleBook | None = None) ->
                 docs = _documents_panel(settings, sample)
             with gr.Column(scale=3, min_width=320):
                 ask = _ask_panel(page.methods, page.shown)
-        results = _results_panel()
+        results = _results_panel(page.methods)
         _wire(page, demo, browser_id, scores, docs, ask, results)
         _wire_api(page)
     return demo
@@ -466,13 +530,50 @@ def _ask_panel(methods: Sequence[str], shown: Sequence[str]) -> dict[str, gr.com
     return c
 
 
-def _results_panel() -> dict[str, gr.components.Component]:
-    gr.Markdown("### Answers side by side")
-    c = {
-        "cards": gr.HTML(
-            '<div class="empty-note">Ask a question to compare the methods.</div>', elem_id="cards"
+@dataclass
+class _Slot:
+    """One method's column: its answer card, and below it the cited page with its page buttons."""
+
+    column: gr.Column
+    card: gr.HTML
+    image: gr.AnnotatedImage
+    context: gr.HTML
+    previous: gr.Button
+    next: gr.Button
+    caption: gr.HTML
+    target: gr.State
+
+    ANSWER_OUTPUTS = ("column", "card", "image", "context", "previous", "next", "caption", "target")
+    TURN_OUTPUTS = ANSWER_OUTPUTS[2:]
+
+    def outputs(self, names: Sequence[str]) -> list[gr.components.Component]:
+        return [getattr(self, name) for name in names]
+
+
+def _slot(method: str) -> _Slot:
+    with gr.Column(min_width=280, visible=False, elem_classes="method-col") as column:
+        card = gr.HTML(elem_id=f"card-{method}")
+        image = gr.AnnotatedImage(
+            show_label=False,
+            color_map=evidence.COLORS,
+            visible=False,
+            elem_id=f"evidence-{method}",
+            elem_classes="evidence-page",
         )
-    }
+        context = gr.HTML(visible=False, elem_id=f"context-{method}")
+        caption = gr.HTML(elem_id=f"page-{method}")
+        with gr.Row(elem_classes="page-nav"):
+            previous = gr.Button("‹ Previous page", size="sm", visible=False, elem_id=f"prev-{method}")
+            next_ = gr.Button("Next page ›", size="sm", visible=False, elem_id=f"next-{method}")
+        target = gr.State(None)
+    return _Slot(column, card, image, context, previous, next_, caption, target)
+
+
+def _results_panel(methods: Sequence[str]) -> dict:
+    gr.Markdown("### Answers side by side")
+    c: dict = {"empty": gr.HTML('<div class="empty-note">Ask a question to compare the methods.</div>')}
+    with gr.Row(equal_height=False, elem_id="cards"):
+        c["slots"] = [_slot(m) for m in methods]
     with gr.Accordion("Where it looked", open=True, visible=False) as box:
         c["plot_doc"] = gr.Dropdown(label="Document", choices=[], visible=False)
         c["plot"] = gr.LinePlot(
@@ -523,7 +624,8 @@ def _wire(
     asked = gr.State("")
     ask_inputs = [asked, ask["chat"], ask["methods"], ask["top_k"], browser_id]
     plot = [results["plot"], results["plot_box"]]
-    ask_outputs = [ask["question"], ask["chat"], results["cards"], *plot, results["plot_doc"], scores]
+    slots = [o for slot in results["slots"] for o in slot.outputs(_Slot.ANSWER_OUTPUTS)]
+    ask_outputs = [ask["question"], ask["chat"], results["empty"], *slots, *plot, results["plot_doc"], scores]
     for trigger in (ask["ask"].click, ask["question"].submit):
         # The wait is a step of its own, without a concurrency limit: waiting inside ask_chat would hold
         # the one slot that every visitor's questions queue for.
@@ -536,6 +638,10 @@ def _wire(
             **_PRIVATE,
         ).success(zerogpu.gpu(page.ask_chat, page.settings), ask_inputs, ask_outputs, **_PRIVATE)
     results["plot_doc"].input(page.replot, [results["plot_doc"], scores], plot, **_PRIVATE)
+    for slot in results["slots"]:
+        turned = slot.outputs(_Slot.TURN_OUTPUTS)
+        slot.previous.click(page.previous_page, [slot.target], turned, **_PRIVATE)
+        slot.next.click(page.next_page, [slot.target], turned, **_PRIVATE)
 
 
 def _wire_api(page: Page) -> None:

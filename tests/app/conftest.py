@@ -86,7 +86,7 @@ def free_port() -> int:
 @dataclass(frozen=True)
 class RunningApp:
     url: str
-    methods: tuple[str, ...]  # what the app answers with (DocQA.methods)
+    methods: tuple[str, ...]  # what the page answers with by default (DocQA.shown; not BM25 alone)
 
 
 @pytest.fixture(scope="session")
@@ -105,7 +105,7 @@ def app_server(tmp_path_factory: pytest.TempPathFactory, sample_pdf: Path) -> It
     qa, demo = create_app(settings, sample_path=sample_pdf, preingest=True)
     launch(demo, settings, prevent_thread_lock=True, quiet=True)
     try:
-        yield RunningApp(f"http://127.0.0.1:{settings.port}/", tuple(qa.methods))
+        yield RunningApp(f"http://127.0.0.1:{settings.port}/", tuple(qa.shown))
     finally:
         demo.close()
         qa.store.close()

@@ -1,6 +1,6 @@
-"""The web page in a real (headless) Chromium: upload, ask, answers per method with page citations,
-per-browser document lists, friendly errors, the sample button, phone width, and a new visitor's first
-clicks sent before the page load has answered (issue 21).
+"""The web page in a real (headless) Chromium: upload, ask, answers per method with page citations and
+the cited page as an image (boxes, page buttons), per-browser document lists, friendly errors, the sample
+button, phone width, and a new visitor's first clicks sent before the page load has answered (issue 21).
 
 Screenshots of the main states go to test-artifacts/ (gitignored) for a person to look at.
 """
@@ -159,6 +159,67 @@ def test_answers_for_every_method_cite_page_2(visitor, app_server: RunningApp) -
     shot(visitor, "03-answered")
 
 
+def page_caption(page, method: str):
+    return page.locator(f"#page-{method} .page-caption")
+
+
+def on_page(n: int) -> re.Pattern:
+    """A page caption: "p. 2 of 3", perhaps followed by " · passage on pp. 1–2"."""
+    return re.compile(rf"^p\. {n} of 3( · |$)")
+
+
+def test_evidence_page_boxes_the_answer_and_turns_pages(visitor, app_server: RunningApp) -> None:
+    """Beside each answer the cited page as an image, the passage and answer boxed (one mask per label),
+    and previous/next page buttons that stop at the document's ends."""
+    visitor.fill("#question textarea", QUESTION)
+    visitor.click("#ask-btn")
+    for method in app_server.methods:
+        image, legend = visitor.locator(f"#evidence-{method}"), visitor.locator(f"#evidence-{method} .legend")
+        expect(page_caption(visitor, method)).to_have_text(on_page(2))
+        expect(image.locator("img").first).to_be_visible()
+        expect(image.locator("img.mask")).to_have_count(2)
+        expect(legend).to_contain_text("answer")
+        expect(legend).to_contain_text("passage")
+    method = app_server.methods[0]
+    shot(visitor, "07-evidence")
+    previous, next_ = visitor.locator(f"#prev-{method}"), visitor.locator(f"#next-{method}")
+    first_src = visitor.locator(f"#evidence-{method} img").first.get_attribute("src")
+    next_.click()
+    expect(page_caption(visitor, method)).to_have_text(on_page(3))
+    expect(next_).to_be_disabled()
+    expect(visitor.locator(f"#evidence-{method} .legend")).not_to_contain_text("answer")
+    assert visitor.locator(f"#evidence-{method} img").first.get_attribute("src") != first_src
+    previous.click()
+    expect(page_caption(visitor, method)).to_have_text(on_page(2))
+    expect(visitor.locator(f"#evidence-{method} .legend")).to_contain_text("answer")
+    previous.click()
+    expect(page_caption(visitor, method)).to_have_text(on_page(1))
+    expect(previous).to_be_disabled()
+    expect(next_).to_be_enabled()
+    other = app_server.methods[-1]  # each method turns its own page
+    expect(page_caption(visitor, other)).to_have_text(on_page(2))
+
+
+def test_text_document_evidence_is_the_passage_in_context(
+    browser, app_server: RunningApp, notes_md: Path
+) -> None:
+    page = open_app(browser, app_server.url)
+    try:
+        upload(page, notes_md)
+        expect(page.locator("#doc-table")).to_contain_text("harbour_notes")
+        page.fill("#question textarea", "Who is the harbour master of Brightwater?")
+        page.click("#ask-btn")
+        for method in app_server.methods:
+            context = page.locator(f"#context-{method}")
+            expect(context.locator(".ctx-passage")).to_contain_text("The harbour master of Brightwater")
+            expect(context.locator("mark")).to_contain_text("Tobias Reed")
+            expect(page.locator(f"#evidence-{method}")).to_be_hidden()
+            expect(page.locator(f"#next-{method}")).to_be_hidden()
+        shot(page, "09-text-evidence")
+    finally:
+        page.context.close()
+
+
 def test_reload_keeps_the_visitor_documents(visitor) -> None:
     visitor.reload()
     expect(visitor.locator("#doc-table")).to_contain_text("brightwater")
@@ -222,6 +283,55 @@ def test_phone_width_has_no_sideways_scroll(visitor) -> None:
     overflow = visitor.evaluate("document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 1
     shot(visitor, "05-phone")
+
+
+def test_phone_width_every_control_is_reachable(
+    browser, app_server: RunningApp, brightwater_pdf: Path
+) -> None:
+    """At 390x844 (a phone) nothing scrolls sideways, before or after answers, and every control is on
+    screen and clickable once scrolled to."""
+    width = 390
+    page = open_app(browser, app_server.url, width=width, height=844)
+    try:
+
+        def assert_fits() -> None:
+            assert page.evaluate("document.documentElement.scrollWidth") <= page.evaluate("innerWidth")
+
+        def assert_reachable(selector: str, click: bool = True) -> None:
+            control = page.locator(selector).first
+            control.scroll_into_view_if_needed()
+            expect(control).to_be_visible()
+            box = control.bounding_box()
+            assert box["x"] >= 0 and box["x"] + box["width"] <= width, (selector, box)
+            if click:
+                control.click(trial=True)  # actionable: visible, enabled, not covered by anything
+
+        assert_fits()
+        for selector in ("#upload", "#sample-btn", "#question textarea", "#ask-btn", "#remove-btn"):
+            assert_reachable(selector)
+        upload(page, brightwater_pdf)
+        expect(page.locator("#doc-table")).to_contain_text("brightwater")
+        assert_reachable("#remove-choice input")
+        page.get_by_text("Options").click()
+        expect(page.get_by_text("Evidence passages per method")).to_be_visible()
+        page.fill("#question textarea", QUESTION)
+        page.click("#ask-btn")
+        method = app_server.methods[0]
+        expect(page_caption(page, method)).to_have_text(on_page(2))
+        expect(page.locator(f"#evidence-{method} img.mask")).to_have_count(2)
+        assert_fits()
+        for m in app_server.methods:
+            assert_reachable(f"#evidence-{m}", click=False)  # the whole page image, within the screen
+            assert_reachable(f"#next-{m}")
+        page.click(f"#next-{method}")
+        expect(page_caption(page, method)).to_have_text(on_page(3))
+        assert_fits()
+        page.locator(f"#card-{method}").evaluate("card => card.scrollIntoView({block: 'start'})")
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "08-phone-evidence.png"))  # the viewport, as a phone shows it
+        shot(page, "08-phone-full")
+    finally:
+        page.context.close()
 
 
 def test_new_visitor_sample_then_example_question_answers_from_the_sample(
