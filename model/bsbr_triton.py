@@ -481,6 +481,10 @@ def fused_forward(
         BSBRCacheOutput(out (B, H, T, D), states (B, H, N, D, D), logits (B, H, N, M + N) or None).
     """
     mask = None if key_padding_mask is None else _int8(key_padding_mask)  # (B, T)
+    # The kernels take any strides but a unit one along D (the encoder's transposed views have it).
+    q, k, v, r, h = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v, r, h))
+    if cached_keys is not None and cached_keys.stride(-1) != 1:
+        cached_keys = cached_keys.contiguous()
     cache = (cached_states, cached_keys, cached_valid)
     run = _Launches(q, k, v, r, h, cache, mask, chunk_size, causal, retrieval, gate, return_retrieval)
     segments = _segments(run)

@@ -163,7 +163,8 @@ def test_strided_inputs_and_gate_zero():
     within-chunk attention alone (the converted encoder == the pretrained one)."""
     xs, gate, mask = make_inputs(2, 2, 50, 16, 16, seed=3, padding=True)
     strided = [x.transpose(1, 2).contiguous().transpose(1, 2) for x in xs]
-    assert not strided[0].is_contiguous()
+    strided[2] = xs[2].transpose(-1, -2).contiguous().transpose(-1, -2)  # v: D not unit-stride
+    assert not strided[0].is_contiguous() and strided[2].stride(-1) != 1
     res = run_fused(strided, gate, mask, torch.float32, chunk_size=16)
     assert_close("out", reference(xs, gate, mask, torch.float32, chunk_size=16).out, res.out, 1e-5)
     zero = torch.zeros_like(gate)
