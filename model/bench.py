@@ -5,6 +5,9 @@
 
 q, k, v (B=1, H, T, D) and r, h (1, H, T/C, D) are random; bf16 on CUDA, fp32 on CPU. BSBR runs in the
 decoder setting that matches causal SDPA: token-causal chunks, retrieval from strictly earlier chunks.
+Methods: bsbr (the PyTorch path of model/bsbr.py), bsbr-triton (the fused Triton forward of
+model/bsbr_triton.py, CUDA only, forward only: its fwd+bwd column stays empty), bsbr-topk (PyTorch),
+sdpa.
 Time: median of several runs after warm-up (CUDA events on GPU). Peak memory: max allocated during the
 call minus what was allocated before it (CUDA only). Benchmarks are scripts, never timed unit tests.
 """
@@ -12,6 +15,8 @@ call minus what was allocated before it (CUDA only). Benchmarks are scripts, nev
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import json
 import math
 import statistics
@@ -21,6 +26,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+import model.bsbr as bsbr_module
 from model.bsbr import bsbr_attention
 
 DEFAULT_LENGTHS = [4096, 16384, 65536, 131072, 262144, 524288, 1048576]
@@ -62,6 +68,17 @@ def _measure(fn: Callable[[], object], device: str, repeats: int, budget_s: floa
     return statistics.median(times), peak
 
 
+@contextlib.contextmanager
+def _fused_kernels(on: bool):
+    """bsbr_attention with (on) or without the Triton kernels, whatever the module default."""
+    before = bsbr_module.FUSED_KERNELS
+    bsbr_module.FUSED_KERNELS = on
+    try:
+        yield
+    finally:
+        bsbr_module.FUSED_KERNELS = before
+
+
 def _make_fn(method: str, T: int, H: int, D: int, chunk: int, top_k: int, device: str, dtype, backward: bool):
     """Inputs and a closure running one forward (and backward) of the method."""
     N = math.ceil(T / chunk)
@@ -81,10 +98,12 @@ def _make_fn(method: str, T: int, H: int, D: int, chunk: int, top_k: int, device
         r, h = rand(1, H, N, D), rand(1, H, N, D)
         gate = torch.ones(H, device=device, dtype=dtype)
         kk = top_k if method == "bsbr-topk" else None
+        fused = method == "bsbr-triton"
         inputs = (q, k, v, r, h)
 
         def op():
-            return bsbr_attention(q, k, v, r, h, chunk_size=chunk, causal=True, top_k=kk, gate=gate)
+            with _fused_kernels(fused):
+                return bsbr_attention(q, k, v, r, h, chunk_size=chunk, causal=True, top_k=kk, gate=gate)
 
     if not backward:
 
@@ -117,11 +136,14 @@ def bench_row(method: str, T: int, H: int, D: int, args: argparse.Namespace) -> 
         "bwd_peak_mib": None,
         "status": "ok",
     }
+    if method == "bsbr-triton" and importlib.util.find_spec("triton") is None:
+        row["status"] = "no triton"
+        return row
     try:
         fwd = _make_fn(method, T, H, D, args.chunk, args.top_k, args.device, dtype, backward=False)
         row["fwd_ms"], row["peak_mib"] = _measure(fwd, args.device, args.repeats)
         del fwd
-        if args.backward:
+        if args.backward and method != "bsbr-triton":  # forward-only kernels
             both = _make_fn(method, T, H, D, args.chunk, args.top_k, args.device, dtype, backward=True)
             row["fwd_bwd_ms"], row["bwd_peak_mib"] = _measure(both, args.device, args.repeats)
             del both
@@ -191,6 +213,18 @@ def report(rows: list[dict], args: argparse.Namespace) -> dict:
         )
         if r["T"] == 1048576 and base is not None:
             summary[f"{name} time(1M)/time(128k)"] = r["fwd_ms"] / base["fwd_ms"]
+        torch_row = next(
+            (
+                b
+                for b in rows
+                if b["method"] == "bsbr"
+                and (b["T"], b["heads"], b["head_dim"]) == (r["T"], r["heads"], r["head_dim"])
+                and b["status"] == "ok"
+            ),
+            None,
+        )
+        if r["method"] == "bsbr-triton" and r["T"] == longest and torch_row is not None:
+            summary[f"{name} speedup_vs_bsbr@{longest}"] = torch_row["fwd_ms"] / r["fwd_ms"]
     print()
     for key, value in summary.items():
         print(f"{key}: {value:.3f}")
@@ -256,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for H, D in shapes:
         for T in args.lengths:
-            methods = ["bsbr", "bsbr-topk"]
+            methods = ["bsbr", "bsbr-triton", "bsbr-topk"] if args.device == "cuda" else ["bsbr", "bsbr-topk"]
             if args.device == "cuda" or T <= CPU_SDPA_MAX_T:
                 methods.append("sdpa")
             for method in methods:

@@ -45,6 +45,9 @@ from torch import Tensor
 RETRIEVAL_MODES = ("past", "all")
 ROW_GROUP_CHUNKS, MAX_ROW_GROUPS = 512, 8  # past retrieval: one row group per 512 query chunks, up to 8
 StateMap = Callable[[Tensor], Tensor]
+# True: CUDA forward-only calls use the Triton kernels of model/bsbr_triton.py where they support the call.
+# Off until a GPU run has checked them against the reference (docs/BENCHMARKS.md, "Fused Triton forward").
+FUSED_KERNELS = False
 
 
 class BSBRCacheOutput(NamedTuple):
@@ -58,6 +61,20 @@ class BSBRCacheOutput(NamedTuple):
     out: Tensor
     states: Tensor
     logits: Tensor | None
+
+
+def _fused_kernels(q, tensors, top_k, dropout_p, compress) -> Callable[..., BSBRCacheOutput] | None:
+    """model.bsbr_triton.fused_forward where it serves the call (CUDA, Triton importable, options it
+    supports and FUSED_KERNELS on), else None: the PyTorch path below."""
+    if not (FUSED_KERNELS and q.is_cuda):
+        return None
+    try:
+        from model import bsbr_triton  # lazy: model/ imports without Triton
+    except ImportError:
+        return None
+    if bsbr_triton.unsupported_reason(q, tensors, top_k, dropout_p, compress is not None) is not None:
+        return None
+    return bsbr_triton.fused_forward
 
 
 def _check_args(q, k, v, r, h, chunk_size, causal, retrieval, top_k, key_padding_mask, gate) -> int:
@@ -369,6 +386,13 @@ def bsbr_attention_with_cache(
         raise ValueError("give both compress and decompress, or neither")
     if cached_states is not None and (cached_keys is None or cached_valid is None):
         raise ValueError("a cache needs cached_states, cached_keys and cached_valid")
+    fused = _fused_kernels(q, (q, k, v, r, h, gate, cached_states, cached_keys), top_k, dropout_p, compress)
+    if fused is not None:  # the Triton forward (model/bsbr_triton.py): same function, one pass fewer
+        return fused(
+            q, k, v, r, h, cached_states, cached_keys, cached_valid, chunk_size=chunk_size,
+            causal=causal, retrieval=retrieval, key_padding_mask=key_padding_mask, gate=gate,
+            return_retrieval=return_retrieval,
+        )  # fmt: skip
     B, H, T, D = q.shape
     C = min(chunk_size, T)  # one chunk: no need to pad it to chunk_size
     pad = N * C - T

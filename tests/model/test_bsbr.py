@@ -513,6 +513,7 @@ def test_cuda_long_row_groups(top_k, monkeypatch):
     T, C = 2048 * 16, 16
     (q, k, v, r, h), gate, _ = make_inputs(T, C, torch.float32, seed=2, batch=1)
     xs = [x.cuda() for x in (q, k, v, r, h)]
+    monkeypatch.setattr(bsbr_module, "FUSED_KERNELS", False)  # row groups are the PyTorch path's
     grouped = bsbr_attention(*xs, chunk_size=C, causal=True, top_k=top_k, gate=gate.cuda())
     monkeypatch.setattr(bsbr_module, "ROW_GROUP_CHUNKS", 10**9)
     single = bsbr_attention(*xs, chunk_size=C, causal=True, top_k=top_k, gate=gate.cuda())
