@@ -55,17 +55,17 @@ for step in "$@"; do
                timeout 200 python3 -m scripts.book_latency --json "$OUT/book.json" > "$OUT/book.log" 2>&1; }
            if [ "$GPUS" -ge 4 ]; then
              par 0 all_bsbr --group all --methods bsbr &
-             par 1 all_faiss --group all --methods faiss &
+             par 1 all_hybrid --group all --methods hybrid &
              par 2 all_bm25 --group all --methods bm25,reader &
-             (par 3 article --group article --methods bsbr,faiss,bm25 --unanswerable 300 \
+             (par 3 article --group article --methods bsbr,hybrid,bm25 --unanswerable 300 \
                 --max-minutes "${ARTICLE_MINUTES:-5}"; book 3) &
            else # BSBR_MINUTES (all) then ARTICLE_MINUTES (article) then the book on GPU 0; the rest on GPU 1
              # (one GPU: both jobs share it, so their latencies are those of a shared GPU)
              other=$(( GPUS > 1 ? 1 : 0 ))
              (par 0 all_bsbr --group all --methods bsbr --max-minutes "${BSBR_MINUTES:-4}"
-              par 0 article --group article --methods bsbr,faiss,bm25 --unanswerable 300 \
+              par 0 article --group article --methods bsbr,hybrid,bm25 --unanswerable 300 \
                 --max-minutes "${ARTICLE_MINUTES:-2}"; book 0) &
-             par "$other" all_rest --group all --methods faiss,bm25,dense,reader &
+             par "$other" all_rest --group all --methods hybrid,bm25,faiss,reader &
            fi
            wait; tail -n 8 "$OUT"/eval_*.log "$OUT/book.log" ;;
     eval-books) # issue 19, all at once on one GPU (latencies are a shared GPU's): FairytaleQA test per story
@@ -79,20 +79,20 @@ for step in "$@"; do
              DOCQA_HOME=/tmp/home_$name DOCQA_MODEL_DIR=$model timeout 560 python3 -m app eval \
                --json "$E/eval_$name.json" --max-minutes "${EVAL_MINUTES:-6.5}" "$@" > "$E/eval_$name.log" 2>&1; }
            m=${MODEL_DIR:-assets/qa_model} ft=".carry/data/test.jsonl.gz --format jsonl"
-           ev ft_story "$m" --data $ft --methods bsbr,faiss,bm25,dense &
-           ev ft_all "$m" --data $ft --group all --methods bsbr,faiss,bm25,dense &
+           ev ft_story "$m" --data $ft --methods bsbr,hybrid,bm25,faiss &
+           ev ft_all "$m" --data $ft --group all --methods bsbr,hybrid,bm25,faiss &
            ev ft_story_nogate /tmp/qa_nogate --data $ft --methods bsbr &
            ev ft_all_nogate /tmp/qa_nogate --data $ft --group all --methods bsbr &
-           DOCQA_AGGREGATE=0 ev ft_all_noagg "$m" --data $ft --group all --methods bsbr,faiss &
-           ev squad_all "$m" --data .carry/data/dev-v1.1.json.gz --group all --methods bsbr,faiss --limit 1500 &
+           DOCQA_AGGREGATE=0 ev ft_all_noagg "$m" --data $ft --group all --methods bsbr,hybrid &
+           ev squad_all "$m" --data .carry/data/dev-v1.1.json.gz --group all --methods bsbr,hybrid --limit 1500 &
            DOCQA_AGGREGATE=0 ev squad_all_noagg "$m" --data .carry/data/dev-v1.1.json.gz --group all \
-             --methods bsbr,faiss --limit 1500 &
+             --methods bsbr,hybrid --limit 1500 &
            DOCQA_HOME=/tmp/home_book DOCQA_MODEL_DIR=$m timeout 300 python3 -m scripts.book_latency \
              --repeat 1 --json "$E/book.json" > "$E/book.log" 2>&1 &
            wait; for f in $E/eval_*.log $E/book.log; do echo "## $f"; grep -v -e 'it/s' "$f" | tail -n 9; done
            tar czf "$OUT/evals.tgz" -C $E . ;;
     eval-article) DOCQA_HOME=/tmp/home DOCQA_MODEL_DIR=${MODEL_DIR:-assets/qa_model} timeout 560 python3 -m app eval \
-             --data .carry/dev-v1.1.json.gz --group article --methods bsbr,faiss,bm25 \
+             --data .carry/dev-v1.1.json.gz --group article --methods bsbr,hybrid,bm25 \
              --json "$OUT/eval_article.json" --unanswerable 300 --max-minutes "${EVAL_MINUTES:-8}" 2>&1 | tee "$OUT/eval_article.log" ;;
     train-scale) # training step time on 1, 2, ... GPUs: one document per GPU per step, 40 steps each
            for n in ${SCALE_GPUS:-1 2 4}; do [ "$n" -le "$GPUS" ] || continue
@@ -105,7 +105,7 @@ for step in "$@"; do
     ingest-scale) TIMEOUT=${INGEST_TIMEOUT:-240} bash scripts/scale_ingest.sh /tmp/library "${SCALE_GPUS:-1 2 4}" \
                2>&1 | tee "$OUT/ingest_scale.txt" ;;
     eval-all) DOCQA_HOME=/tmp/home DOCQA_MODEL_DIR=${MODEL_DIR:-assets/qa_model} timeout 560 python3 -m app eval \
-             --data .carry/dev-v1.1.json.gz --group all --methods bsbr,faiss,bm25 --json "$OUT/eval_all.json" \
+             --data .carry/dev-v1.1.json.gz --group all --methods bsbr,hybrid,bm25 --json "$OUT/eval_all.json" \
              --max-minutes "${EVAL_MINUTES:-8}" \
              2>&1 | tee "$OUT/eval_all.log" ;;
     book) DOCQA_HOME=/tmp/home DOCQA_MODEL_DIR=${MODEL_DIR:-assets/qa_model} timeout 300 python3 \

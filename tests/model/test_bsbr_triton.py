@@ -201,9 +201,10 @@ def test_cpu_keeps_pytorch_path(monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.parametrize("kw", [{"causal": True}, {}], ids=["causal", "bidirectional"])
 @pytest.mark.parametrize("padding", [False, True], ids=["nopad", "pad"])
-def test_cuda_bench_shape(kw, padding):
+def test_cuda_bench_shape(kw, padding, monkeypatch):
     """12 heads x 64, bf16, chunk 256 (the bench's shape), T not a multiple of 256: the fused kernels
     (default blocks) == the fp64 reference, and `bsbr_attention` on CUDA dispatches to them."""
+    monkeypatch.setattr(bsbr_module, "FUSED_KERNELS", True)
     T, C = 5 * 256 + 77, 256
     xs, gate, mask = make_inputs(1, 12, T, C, 64, seed=9, padding=padding)
     res = run_fused(xs, gate, mask, torch.bfloat16, chunk_size=C, return_retrieval=True, **kw)
@@ -225,6 +226,7 @@ def test_cuda_long_fp32_and_fallback(monkeypatch):
     xs, gate, mask = make_inputs(2, 2, T, C, 32, seed=4, padding=True)
     q, k, v, r, h, g = on_device([*xs, gate], torch.float32)
     m = mask.cuda()
+    monkeypatch.setattr(bsbr_module, "FUSED_KERNELS", True)
     res = bsbr_attention_with_cache(q, k, v, r, h, None, None, None, chunk_size=C, causal=True,
                                     key_padding_mask=m, gate=g, return_retrieval=True)  # fmt: skip
     monkeypatch.setattr(bsbr_module, "FUSED_KERNELS", False)
