@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
+from ingest.tokenizer import load_tokenizer
 from ingest.types import Chunk
 from model.encoder import DocumentCache
-from model.minilm import load_tokenizer
 from model.qa import DocQAModel, best_spans, question_rows, reader_rows
 
 CACHE_PREFIX = "bsbr_cache"  # a stored document's BSBR cache: bsbr_cache.<model fingerprint>.safetensors

@@ -79,7 +79,7 @@ def chunk_document(
 
     Args:
         doc: the parsed document.
-        tokenizer: a Hugging Face fast tokenizer (default: the MiniLM one from model.minilm).
+        tokenizer: a Hugging Face fast tokenizer (default: the MiniLM one from ingest.tokenizer).
         max_tokens: model window per chunk INCLUDING [CLS] and [SEP]; a chunk holds at most
             max_tokens - 2 word-piece tokens, counted on the chunk text on its own.
         overlap_tokens: about this many tokens of the previous chunk are repeated at the start of the
@@ -102,7 +102,7 @@ def chunk_document(
     if not doc.text.strip():
         return []
     if tokenizer is None:
-        from model.minilm import load_tokenizer
+        from ingest.tokenizer import load_tokenizer
 
         tokenizer = load_tokenizer()
     if not getattr(tokenizer, "is_fast", False):

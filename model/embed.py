@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from model.minilm import load_tokenizer, minilm_dir, quiet_transformers
+from ingest.tokenizer import load_tokenizer, minilm_dir, quiet_transformers
 
 ProgressFn = Callable[[int, int], None]
 

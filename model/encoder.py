@@ -493,7 +493,7 @@ class BSBREncoder(nn.Module):
     @classmethod
     def from_minilm(cls, **config_overrides) -> BSBREncoder:
         """all-MiniLM-L6-v2 (the packaged Hugging Face folder, offline) as a BSBR encoder with gates at 0."""
-        from model.minilm import minilm_dir
+        from ingest.tokenizer import minilm_dir
 
         folder = minilm_dir()
         hf = json.loads((folder / "config.json").read_text())
