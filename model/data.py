@@ -38,7 +38,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-CHUNK_TOKENS = 256  # token ids fit int16: the MiniLM vocabulary has 30,522 entries
+from ingest.chunk import CHUNK_TOKENS  # token ids fit int16: the MiniLM vocabulary has 30,522 entries
+
 QUESTION_TOKENS = 63
 
 
