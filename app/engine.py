@@ -18,13 +18,13 @@ from pathlib import Path
 
 import torch
 
+from ingest.chunk import CHUNK_TOKENS
+from ingest.tokenizer import load_tokenizer
 from ingest.types import Chunk
 from model.encoder import DocumentCache
-from model.minilm import load_tokenizer
 from model.qa import DocQAModel, best_spans, question_rows, reader_rows
 
 CACHE_PREFIX = "bsbr_cache"  # a stored document's BSBR cache: bsbr_cache.<model fingerprint>.safetensors
-CHUNK_TOKENS = 256
 
 
 @dataclass

@@ -119,7 +119,7 @@ def worker_pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
 
 def warm_worker() -> int:
     """Load the tokenizer once per worker (also a no-op task that waits for a worker to be up)."""
-    from model.minilm import load_tokenizer
+    from ingest.tokenizer import load_tokenizer
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one process per core already
     load_tokenizer()

@@ -5,19 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
-@dataclass(frozen=True)
-class Page:
-    """One page as extracted and cleaned.
-
-    Attributes:
-        number: 1-based page number, as viewers print it.
-        text: cleaned text of the page ("" for a page with no text layer).
-    """
-
-    number: int
-    text: str
-
-
 @dataclass
 class ParsedDocument:
     """A whole document as one cleaned string plus where each page starts in it.

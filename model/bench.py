@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 import model.bsbr as bsbr_module
+from ingest.chunk import CHUNK_TOKENS
 from model.bsbr import bsbr_attention
 
 DEFAULT_LENGTHS = [4096, 16384, 65536, 131072, 262144, 524288, 1048576]
@@ -274,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=DEFAULT_LENGTHS)
     parser.add_argument("--heads", type=int, help="with --head-dim: one shape instead of 12x64 and 12x32")
     parser.add_argument("--head-dim", type=int)
-    parser.add_argument("--chunk", type=int, default=256)
+    parser.add_argument("--chunk", type=int, default=CHUNK_TOKENS)
     parser.add_argument("--top-k", type=int, default=16)
     parser.add_argument("--backward", action="store_true", help="also time forward + backward")
     parser.add_argument("--repeats", type=int, help="timed runs per row (default 10 on CUDA, 3 on CPU)")

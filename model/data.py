@@ -38,7 +38,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-CHUNK_TOKENS = 256  # token ids fit int16: the MiniLM vocabulary has 30,522 entries
+from ingest.chunk import CHUNK_TOKENS  # token ids fit int16: the MiniLM vocabulary has 30,522 entries
+
 QUESTION_TOKENS = 63
 
 
@@ -148,8 +149,8 @@ def encode(documents) -> dict:
     """Chunk (like the app) and tokenise (text, [(question, answer_start, answer_end)], is_val)
     documents into the training tensors of the module docstring."""
     from ingest.chunk import chunk_document
+    from ingest.tokenizer import load_tokenizer
     from ingest.types import ParsedDocument
-    from model.minilm import load_tokenizer
 
     tok = load_tokenizer()
     chunk_rows, doc_ranges, doc_is_val = [], [], []

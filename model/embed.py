@@ -18,7 +18,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from model.minilm import load_tokenizer, minilm_dir, quiet_transformers
+from ingest.chunk import CHUNK_TOKENS
+from ingest.tokenizer import load_tokenizer, minilm_dir, quiet_transformers
 
 ProgressFn = Callable[[int, int], None]
 
@@ -56,7 +57,7 @@ class SentenceEmbedder:
 
     dim = 384
 
-    def __init__(self, device: str = "cpu", max_tokens: int = 256, batch_size: int = 64) -> None:
+    def __init__(self, device: str = "cpu", max_tokens: int = CHUNK_TOKENS, batch_size: int = 64) -> None:
         from transformers import AutoModel
 
         quiet_transformers()

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from ingest.chunk import CHUNK_TOKENS
 from model.bsbr import RETRIEVAL_MODES, bsbr_attention_with_cache
 
 CACHE_FORMAT = "bsbr-document-cache"
@@ -41,7 +42,7 @@ class BSBRConfig:
     max_position_embeddings: int = 512
     type_vocab_size: int = 2
     layer_norm_eps: float = 1e-12
-    chunk_size: int = 256  # default tokens per chunk; forward(chunk_size=...) may override it
+    chunk_size: int = CHUNK_TOKENS  # default tokens per chunk; forward(chunk_size=...) may override it
     causal: bool = False  # token-causal local attention; meta query of chunk c from chunk c-1
     retrieval: str = "past"  # "past": chunk c retrieves from chunks j < c; "all": j != c
     top_k: int | None = None  # retrieve only the k best chunks; None = dense softmax over all
@@ -493,7 +494,7 @@ class BSBREncoder(nn.Module):
     @classmethod
     def from_minilm(cls, **config_overrides) -> BSBREncoder:
         """all-MiniLM-L6-v2 (the packaged Hugging Face folder, offline) as a BSBR encoder with gates at 0."""
-        from model.minilm import minilm_dir
+        from ingest.tokenizer import minilm_dir
 
         folder = minilm_dir()
         hf = json.loads((folder / "config.json").read_text())

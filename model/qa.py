@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from ingest.chunk import CHUNK_TOKENS, SPECIAL_TOKENS
 from model.encoder import BSBREncoder, DocumentCache, chunk_means
 
 DELTA_FORMAT = "bsbr-docqa-delta"
@@ -71,7 +72,7 @@ class QAConfig:
     lora_rank: int = 16
     lora_alpha: float = 32.0
     question_tokens: int = 63  # question word-pieces kept (truncated beyond)
-    passage_tokens: int = 254  # chunk word-pieces (the chunker's 256-token window minus specials)
+    passage_tokens: int = CHUNK_TOKENS - SPECIAL_TOKENS  # chunk word-pieces (the chunk window minus specials)
     max_answer_tokens: int = 30
     abstain_threshold: float = -math.inf  # calibrated after training; -inf = never abstain
     # BSBR reranking: reader has-answer score + this x the candidate's block-retrieval log-probability

@@ -30,7 +30,7 @@ def pack(dest: Path) -> None:
     import torch
     from safetensors.torch import load_file, save
 
-    from model.minilm import minilm_dir
+    from ingest.tokenizer import minilm_dir
 
     src = minilm_dir()
     dest.mkdir(parents=True, exist_ok=True)

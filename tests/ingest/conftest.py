@@ -10,7 +10,7 @@ import pytest
 from fpdf import FPDF
 from pypdf import PdfReader, PdfWriter
 
-from model.minilm import load_tokenizer
+from ingest.tokenizer import load_tokenizer
 
 PAGE_SIZE_MM = (148, 210)
 LINE_MM = 5.0

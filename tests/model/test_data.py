@@ -66,7 +66,7 @@ def test_several_sizes_give_the_groupings_documents_of_several_lengths():
 
 
 def test_build_chunks_documents_and_maps_answers_to_chunk_tokens(tmp_path):
-    from model.minilm import load_tokenizer
+    from ingest.tokenizer import load_tokenizer
 
     path = tmp_path / "squad.json.gz"
     with gzip.open(path, "wt", encoding="utf-8") as f:

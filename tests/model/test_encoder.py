@@ -50,7 +50,7 @@ def document(n_chunks: int = 13, C: int = 8, seed: int = 0) -> tuple[torch.Tenso
 def minilm_pair():
     from transformers import BertModel
 
-    from model.minilm import minilm_dir
+    from ingest.tokenizer import minilm_dir
 
     return BSBREncoder.from_minilm(chunk_size=128).eval(), BertModel.from_pretrained(str(minilm_dir())).eval()
 

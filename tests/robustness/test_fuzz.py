@@ -106,7 +106,7 @@ def mutate(rng: random.Random, data: bytes, n_mutations: int) -> bytes:
 
 @functools.cache
 def _tokenizer():
-    from model.minilm import load_tokenizer
+    from ingest.tokenizer import load_tokenizer
 
     return load_tokenizer()
 

@@ -1,4 +1,7 @@
-"""Where the packaged all-MiniLM-L6-v2 lives, and its tokenizer (offline, no hub access)."""
+"""The packaged all-MiniLM-L6-v2: where it lives and its fast tokenizer (offline, no hub access).
+
+It sits in ingest, the lower floor, because chunking counts its tokens; model/ imports it from here.
+"""
 
 from __future__ import annotations
 
