@@ -9,6 +9,14 @@ With --fairytaleqa, FairytaleQA's train stories (children's stories with human q
 with an answer span) are grouped the same way, `stories_per_doc` at a time, and all of its val stories
 form one more held-out document: narrative text, dialogue and names, unlike Wikipedia.
 
+With --books, public-domain novels (../shared/data/books/, no QA labels) give self-supervised retrieval
+questions, the inverse cloze task (Lee et al., 2019): consecutive chapters are grouped into documents of
+about `book_chunks` chunks, and up to `book_questions` sentences of each (8-40 words, not headings; those
+naming someone or quote-free first, no two adjacent) become questions whose gold chunk is the one that
+held the sentence. The sentence is cut from the text before chunking (kept in 10%, as in the paper), so
+retrieval must match its context, not copy it. These questions have no answer span and train retrieval
+only (q_start = q_end = RETRIEVAL_ONLY). The evaluation book (pride_and_prejudice) is left out by default.
+
 Articles are shuffled (seeded) and concatenated `articles_per_doc` at a time, paragraphs joined by a blank
 line, so retrieval trains against hundreds of in-document distractor chunks. The first `val_articles`
 articles of the shuffle form held-out documents (validation never touches the dev set). With
@@ -23,17 +31,21 @@ Tensors (Q questions, M chunks, G documents, C = 256 chunk tokens, L = 63 questi
     doc_is_val [G] bool
     question_ids [Q, L] int16 question word-pieces (no specials) padded with 0
     q_doc [Q], q_chunk [Q]   document and gold chunk (global index) of each question
-    q_start, q_end [Q]       answer token span inside the gold chunk's content tokens (-1: not inside)
+    q_start, q_end [Q]       answer token span inside the gold chunk's content tokens (-1: not inside,
+                             the reader learns [CLS] there; RETRIEVAL_ONLY = -2: no reader rows at all)
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
 import gzip
 import json
 import random
-from collections.abc import Sequence
+import re
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from safetensors.torch import save_file
@@ -41,6 +53,16 @@ from safetensors.torch import save_file
 from ingest.chunk import CHUNK_TOKENS  # token ids fit int16: the MiniLM vocabulary has 30,522 entries
 
 QUESTION_TOKENS = 63
+RETRIEVAL_ONLY = -2  # q_start and q_end of a question that trains retrieval alone (no answer to read)
+
+
+class RetrievalQuestion(NamedTuple):
+    """A question without an answer span: its gold chunk is the one holding text[start:end] whole, or,
+    with start == end, the one that has the point `start` strictly inside (where a sentence was cut)."""
+
+    question: str
+    start: int
+    end: int
 
 
 def group_articles(
@@ -145,9 +167,143 @@ def group_stories(
             yield (*join_passages(stories[i] for i in order[g : g + size]), is_val)
 
 
+# Chapter-like headings start a line: "CHAPTER I", "Chapter 12", "STAVE ONE", "BOOK II", "PART 1".
+_HEADING = re.compile(r"^[^\S\n]*(?:CHAPTER|Chapter|STAVE|Stave|BOOK|Book|PART|Part)\b[^\n]{0,60}$", re.M)
+# A paragraph: a run of lines without a blank line between them (the novels keep their hard wraps).
+_PARAGRAPH = re.compile(r"\S(?:[^\n]|\n(?![^\S\n]*\n))*")
+# A sentence ends at . ! ? (and closing quotes or brackets) before whitespace, not after a title or an
+# initial ("Mr. Lorry", "J. Smith") nor before a lower-case word.
+_SENTENCE_END = re.compile(r"[.!?][\"'’”)\]_]*(?=\s)")
+_NOT_AN_END = re.compile(r"(?:\b(?:Mr|Mrs|Ms|Dr|St|Messrs|Capt|Col|Gen|Rev|Prof)|\b[A-Z])\.$")
+_NAME = re.compile(r"\s[\"“‘(]?(?!I\b)[A-Z][a-z]+")  # a capitalised word after the first
+_QUOTES = re.compile('["“”]')
+ICT_WORDS = (8, 40)  # words of a sentence that becomes a question
+ICT_KEEP = 0.1  # share of question sentences left in their chunk (Lee et al. keep 10%)
+
+
+def read_book(path: Path) -> str:
+    """A novel's text, from .txt or .txt.gz (UTF-8, ../shared/data/books/README)."""
+    if path.suffix == ".gz":
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            return f.read()
+    return path.read_text(encoding="utf-8")
+
+
+def book_parts(text: str, tokens_per_doc: int, tok) -> list[str]:
+    """The novel as consecutive runs of whole chapters (cut at chapter headings) of at least
+    `tokens_per_doc` word-pieces each, the last run joined to the one before when shorter than half."""
+    cuts = [0, *(m.start() for m in _HEADING.finditer(text) if m.start() > 0), len(text)]
+    sections = [text[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+    sizes = [len(ids) for ids in tok(sections, add_special_tokens=False, verbose=False)["input_ids"]]
+    parts, current, size = [], "", 0
+    for section, n in zip(sections, sizes, strict=True):
+        current, size = current + section, size + n
+        if size >= tokens_per_doc:
+            parts.append((current, size))
+            current, size = "", 0
+    if current.strip():
+        parts.append((current, size))
+    if len(parts) > 1 and parts[-1][1] < tokens_per_doc // 2:
+        (a, m), (b, n) = parts[-2], parts.pop()
+        parts[-1] = (a + b, m + n)
+    return [part.strip() for part, _ in parts if part.strip()]
+
+
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    """[start, end) of each sentence of `text`, paragraph by paragraph (none spans a blank line)."""
+    spans = []
+    for paragraph in _PARAGRAPH.finditer(text):
+        start, end = paragraph.start(), paragraph.start() + len(paragraph.group().rstrip())
+        for m in _SENTENCE_END.finditer(text, start, end):
+            rest = text[m.end() : end].lstrip()
+            if _NOT_AN_END.search(text, start, m.start() + 1) or rest[:1].islower():
+                continue  # "Mr. Lorry"; '"Poor!" sighed Meg' goes on after the quote
+            spans.append((start, m.end()))
+            start = end - len(rest)
+        if start < end:
+            spans.append((start, end))
+    return spans
+
+
+def ict_rank(sentence: str) -> int | None:
+    """0 for a sentence that names someone or has no quotation marks, 1 for another one fit to be a
+    question, None for one that is not (too short or long, a heading, no lower-case word)."""
+    words = sentence.split()
+    if not ICT_WORDS[0] <= len(words) <= ICT_WORDS[1] or _HEADING.match(sentence):
+        return None
+    letters = [c for c in sentence if c.isalpha()]
+    if sum(c.isupper() for c in letters) > len(letters) / 2:
+        return None
+    return 0 if _NAME.search(sentence) or not _QUOTES.search(sentence) else 1
+
+
+def pick_sentences(text: str, spans: list[tuple[int, int]], n: int, rng: random.Random) -> list[int]:
+    """Indexes into `spans` of up to `n` question sentences, in text order: a seeded draw, sentences of
+    rank 0 (ict_rank) before rank 1, never two adjacent ones (each keeps its neighbours as context)."""
+    ranks = [ict_rank(text[a:b]) for a, b in spans]
+    taken: set[int] = set()
+    for rank in (0, 1):
+        pool = [i for i, r in enumerate(ranks) if r == rank]
+        rng.shuffle(pool)
+        for i in pool:
+            if len(taken) == n:
+                break
+            if i - 1 not in taken and i + 1 not in taken:
+                taken.add(i)
+    return sorted(taken)
+
+
+def inverse_cloze(text: str, n: int, rng: random.Random) -> tuple[str, list[RetrievalQuestion]]:
+    """(text with the question sentences cut out, their RetrievalQuestions): up to `n` sentences
+    (pick_sentences), each the question (whitespace normalised) for the point where it was cut, or, for
+    ICT_KEEP of them, left in place and the question for its own span."""
+    spans = sentence_spans(text)
+    parts, questions, done, length = [], [], 0, 0
+    for i in pick_sentences(text, spans, n, rng):
+        start, end = spans[i]
+        question = " ".join(text[start:end].split())
+        parts.append(text[done:start])
+        length += start - done
+        if rng.random() < ICT_KEEP:
+            questions.append(RetrievalQuestion(question, length, length + end - start))
+            done = start
+            continue
+        after = text[end:]
+        gap = after[: len(after) - len(after.lstrip())]
+        done = end + len(gap) if gap.count("\n") <= 1 else end  # its spaces go too, a blank line stays
+        questions.append(RetrievalQuestion(question, length, length))
+    parts.append(text[done:])
+    return "".join(parts), questions
+
+
+def group_books(
+    folder: Path,
+    exclude: Sequence[str],
+    tokens_per_doc: int,
+    questions: int,
+    seed: int,
+    groupings: int = 1,
+) -> Iterator[tuple[str, list[RetrievalQuestion], bool]]:
+    """Yield (text, ICT questions, False) for each part (book_parts) of each novel in `folder` (*.txt
+    and *.txt.gz, by name, but those named in `exclude`, without extension), `groupings` times with
+    other seeded question sentences; all are training documents."""
+    from ingest.tokenizer import load_tokenizer
+
+    tok = load_tokenizer()
+    for path in sorted(folder.glob("*.txt*")):
+        name = path.name.split(".")[0]
+        if name in exclude or path.suffix not in (".txt", ".gz"):
+            continue
+        parts = book_parts(read_book(path), tokens_per_doc, tok)
+        for k in range(groupings):
+            for j, part in enumerate(parts):
+                yield (*inverse_cloze(part, questions, random.Random(f"{seed}/books/{name}/{j}/{k}")), False)
+
+
 def encode(documents) -> dict:
-    """Chunk (like the app) and tokenise (text, [(question, answer_start, answer_end)], is_val)
-    documents into the training tensors of the module docstring."""
+    """Chunk (like the app) and tokenise (text, [(question, answer_start, answer_end) or
+    RetrievalQuestion], is_val) documents into the training tensors of the module docstring. A
+    RetrievalQuestion whose text lies in no single chunk is left out."""
     from ingest.chunk import chunk_document
     from ingest.tokenizer import load_tokenizer
     from ingest.types import ParsedDocument
@@ -164,13 +320,12 @@ def encode(documents) -> dict:
             row = [tok.cls_token_id, *ids, tok.sep_token_id]
             chunk_rows.append(row + [0] * (CHUNK_TOKENS - len(row)))
         starts = [c.char_start for c in chunks]
-        q_enc = tok(
-            [q for q, _, _ in qas], add_special_tokens=False, truncation=True, max_length=QUESTION_TOKENS
-        )["input_ids"]
-        for (_, a_start, a_end), q_ids in zip(qas, q_enc, strict=True):
-            c = max(i for i, s in enumerate(starts) if s <= a_start) if a_start >= starts[0] else 0
-            rel = [(s + chunks[c].char_start, e + chunks[c].char_start) for s, e in enc["offset_mapping"][c]]
-            span = _answer_tokens(rel, a_start, a_end) if a_end <= chunks[c].char_end else (-1, -1)
+        located = [(qa, _gold_chunk(chunks, starts, enc["offset_mapping"], qa)) for qa in qas]
+        located = [(qa, found) for qa, found in located if found is not None]
+        q_texts = [qa[0] for qa, _ in located]
+        q_enc = tok(q_texts, add_special_tokens=False, truncation=True, max_length=QUESTION_TOKENS)
+        q_enc = q_enc["input_ids"]
+        for (_, (c, span)), q_ids in zip(located, q_enc, strict=True):
             q_rows["ids"].append(q_ids + [0] * (QUESTION_TOKENS - len(q_ids)))
             q_rows["doc"].append(len(doc_ranges))
             q_rows["chunk"].append(base + c)
@@ -182,12 +337,27 @@ def encode(documents) -> dict:
         "chunk_ids": torch.tensor(chunk_rows, dtype=torch.int16),
         "doc_ranges": torch.tensor(doc_ranges, dtype=torch.int64),
         "doc_is_val": torch.tensor(doc_is_val, dtype=torch.bool),
-        "question_ids": torch.tensor(q_rows["ids"], dtype=torch.int16),
+        "question_ids": torch.tensor(q_rows["ids"], dtype=torch.int16).view(-1, QUESTION_TOKENS),
         "q_doc": torch.tensor(q_rows["doc"], dtype=torch.int64),
         "q_chunk": torch.tensor(q_rows["chunk"], dtype=torch.int64),
         "q_start": torch.tensor(q_rows["start"], dtype=torch.int64),
         "q_end": torch.tensor(q_rows["end"], dtype=torch.int64),
     }
+
+
+def _gold_chunk(chunks, starts: list[int], offsets, qa) -> tuple[int, tuple[int, int]] | None:
+    """(gold chunk index, answer token span in it) of a question, given the chunks' char starts; None
+    for a RetrievalQuestion that no single chunk holds."""
+    if isinstance(qa, RetrievalQuestion):
+        _, start, end = qa
+        c = bisect.bisect_right(starts, start) - 1  # the last chunk starting at or before `start`
+        if c < 0 or end > chunks[c].char_end or (start == end and not starts[c] < start < chunks[c].char_end):
+            return None
+        return c, (RETRIEVAL_ONLY, RETRIEVAL_ONLY)
+    _, a_start, a_end = qa
+    c = max(0, bisect.bisect_right(starts, a_start) - 1)
+    rel = [(s + chunks[c].char_start, e + chunks[c].char_start) for s, e in offsets[c]]
+    return c, _answer_tokens(rel, a_start, a_end) if a_end <= chunks[c].char_end else (-1, -1)
 
 
 def merge(*parts: dict) -> dict:
@@ -236,6 +406,27 @@ def main() -> None:
     parser.add_argument(
         "--story-groupings", type=int, default=1, help="group the training stories this many times"
     )
+    parser.add_argument(
+        "--books",
+        default=None,
+        help="also inverse-cloze retrieval questions from the novels (*.txt, *.txt.gz) in this folder",
+    )
+    parser.add_argument(
+        "--books-exclude",
+        type=lambda text: [n for n in text.split(",") if n],
+        default=["pride_and_prejudice"],
+        help="comma-separated novels (file names without extension) left out: the evaluation book",
+    )
+    parser.add_argument(
+        "--book-chunks", type=int, default=400, help="a document per this many full chunks' tokens of a novel"
+    )
+    parser.add_argument("--book-questions", type=int, default=1000, help="at most this many a document")
+    parser.add_argument(
+        "--book-groupings",
+        type=int,
+        default=1,
+        help="make each novel's documents this many times (other sentences)",
+    )
     args = parser.parse_args()
     if args.groupings < 1 or min(args.articles_per_doc) < 1 or args.val_articles < 0:
         parser.error("--groupings and --articles-per-doc must be at least 1, --val-articles at least 0")
@@ -262,13 +453,27 @@ def main() -> None:
         )
         data = merge(data, stories)
         sources += f", {folder / 'train.jsonl.gz'} (held out: val.jsonl.gz)"
+    if args.books:
+        if min(args.book_chunks, args.book_questions, args.book_groupings) < 1:
+            parser.error("--book-chunks, --book-questions and --book-groupings must be at least 1")
+        folder = Path(args.books)
+        tokens = args.book_chunks * (CHUNK_TOKENS - 2)
+        n, k = args.book_questions, args.book_groupings
+        books = encode(group_books(folder, args.books_exclude, tokens, n, args.seed, k))
+        print(
+            f"books: {len(books['doc_ranges'])} documents, {len(books['chunk_ids'])} chunks, "
+            f"{len(books['question_ids'])} retrieval-only questions"
+        )
+        data = merge(data, books)
+        sources += f", {folder} (inverse cloze; left out: {','.join(args.books_exclude)})"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     save_file(data, args.out, metadata={"format_version": "1", "source": sources})
     n_doc = len(data["doc_ranges"])
-    found = (data["q_start"] >= 0).float().mean().item()
+    spans = data["q_start"] != RETRIEVAL_ONLY
+    found = (data["q_start"][spans] >= 0).float().mean().item()
     print(
-        f"{n_doc} documents, {len(data['chunk_ids'])} chunks, {len(data['question_ids'])} questions, "
-        f"answer span inside its chunk for {found:.1%}"
+        f"{n_doc} documents, {len(data['chunk_ids'])} chunks, {len(data['question_ids'])} questions "
+        f"({int((~spans).sum())} retrieval-only), answer span inside its chunk for {found:.1%} of the others"
     )
 
 

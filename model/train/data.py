@@ -11,6 +11,8 @@ import torch
 from safetensors.torch import load, load_file
 from torch.utils.data import DistributedSampler
 
+from model.data import RETRIEVAL_ONLY
+
 CLS_ID, SEP_ID = 101, 102
 
 
@@ -31,6 +33,7 @@ class Documents:
         self.q_ids = data["question_ids"].long()
         self.q_doc, self.q_chunk = data["q_doc"], data["q_chunk"]
         self.q_start, self.q_end = data["q_start"], data["q_end"]
+        self.readable = (self.q_start != RETRIEVAL_ONLY).tolist()  # False: trains retrieval alone
         self.questions_of = [
             torch.nonzero(self.q_doc == g).flatten().tolist() for g in range(len(self.ranges))
         ]
@@ -56,7 +59,8 @@ NEAR = 8  # a reader-phase negative is, half of the time, within NEAR chunks of 
 class ReaderPlan:
     """Reader-phase batches (--reader-steps): questions and negatives of reader-only step s.
 
-    Step s draws a global batch of `questions` (--reader-questions) questions of the training documents from
+    Step s draws a global batch of `questions` (--reader-questions) questions of the training documents
+    (those with an answer to read, not model.data's retrieval-only ones) from
     Random(f"{seed}/reader/{s}"), each with one negative chunk of its document: half of the time within
     NEAR chunks of the gold one (mostly the same article, a hard "not here"), else anywhere in it. Rank r
     of N reads every N-th pair, so the averaged gradient is the same whatever N is.
@@ -66,7 +70,7 @@ class ReaderPlan:
         self.docs, self.rank, self.world = docs, rank, world
         self.seed, self.size = seed, questions
         train_docs = [g for g, v in enumerate(docs.is_val) if not v]
-        self.pool = [q for g in train_docs for q in docs.questions_of[g]]
+        self.pool = [q for g in train_docs for q in docs.questions_of[g] if docs.readable[q]]
         if self.size % world or not 0 < self.size <= len(self.pool):
             raise ValueError(
                 f"--reader-questions {self.size} must be a multiple of the {world} ranks and at most "
@@ -119,6 +123,12 @@ class StepPlan:
             raise ValueError(
                 f"--docs-per-step {self.k} must be a multiple of the {world} ranks and at most "
                 f"{len(self.train_docs)} (the training documents)"
+            )
+        unread = [g for g in self.train_docs if not any(docs.readable[q] for q in docs.questions_of[g])]
+        if world > 1 and unread:  # DDP wants a gradient for every parameter: the span head needs rows
+            raise ValueError(
+                f"training documents {unread[:5]} have only retrieval-only questions: several ranks need "
+                "reader questions in every document"
             )
         self.steps_per_epoch = len(self.train_docs) // self.k
         self.sampler = DistributedSampler(

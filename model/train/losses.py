@@ -24,8 +24,9 @@ def step_loss(
 ):
     """Loss of one training document and a batch of its questions. Returns (loss, parts dict).
 
-    Every question of `batch` trains retrieval; the first `n_read` of them (default all) also train the
-    reader, on their gold chunk and one negative (question passes are cheap, reader rows are not).
+    Every question of `batch` trains retrieval; the first `n_read` of them (default all) that have an
+    answer to read (not model.data's retrieval-only questions) also train the reader, on their gold chunk
+    and one negative (question passes are cheap, reader rows are not). Without any, the span loss is 0.
     """
     ids, mask = docs.chunks(g, device)
     first = docs.ranges[g][0]
@@ -35,16 +36,25 @@ def step_loss(
     scores = question_scores(model, q_tokens, cache, device)  # (B, N)
     gold = docs.q_chunk[batch].to(device) - first
     retrieval_loss = F.cross_entropy(scores.float(), gold)
-    n_read = len(batch) if n_read is None else min(n_read, len(batch))
-    gold = gold[:n_read]
-    wrong = scores[:n_read].detach().float().scatter(1, gold[:, None], -math.inf)
+    read = [i for i, q in enumerate(batch) if docs.readable[q]][: len(batch) if n_read is None else n_read]
+    if not read:
+        return retrieval_loss, {"span": 0.0, "retrieval": retrieval_loss.item()}
+    rows = torch.tensor(read, device=device)
+    gold = gold[rows]
+    wrong = scores[rows].detach().float().scatter(1, gold[:, None], -math.inf)
     hard = wrong.argmax(1).tolist()
     negatives = [
         h if rng.random() < 0.5 else rng.choice([c for c in range(ids.shape[0]) if c != gl])
         for h, gl in zip(hard, gold.tolist(), strict=True)
     ]
     span_loss = reader_loss(
-        model, docs, batch[:n_read], [first + c for c in negatives], cache, device, q_tokens[:n_read]
+        model,
+        docs,
+        [batch[i] for i in read],
+        [first + c for c in negatives],
+        cache,
+        device,
+        [q_tokens[i] for i in read],
     )
     loss = span_loss + retrieval_loss
     return loss, {"span": span_loss.item(), "retrieval": retrieval_loss.item()}

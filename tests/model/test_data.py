@@ -8,6 +8,7 @@ import json
 from collections import Counter
 
 import pytest
+import torch
 
 from model.data import _sizes, build, group_articles
 
@@ -131,3 +132,121 @@ def test_stories_are_grouped_and_merged_after_the_squad_documents(tmp_path):
     assert data["doc_ranges"][2:].tolist() == (second["doc_ranges"] + n).tolist()
     assert data["q_doc"][-1] == 3 and data["q_chunk"][-1] == second["q_chunk"][-1] + n
     assert data["doc_is_val"].tolist() == [True, False, False, False]
+
+
+NOVEL = [  # one chapter; {i} makes every copy's sentences unique
+    "CHAPTER {i}.",
+    "Mr. Lorry walked down the long grey street towards the bank on day {i} of the frost. The clerks "
+    "of office {i} were at their desks when he came in. Jerry Cruncher waited by the door with his hat\n"
+    "pressed against his chest and his boots still wet from night {i}.",
+    '"Poor man!" sighed Lucie, looking out at the rain over courtyard {i}. Nobody answered her. The '
+    "fire in grate {i} had burned down to a heap of red embers and soft grey ash by then.",
+    "Far away in tavern {i} by the harbour, Madame Defarge sat knitting in her usual corner seat. Her "
+    "husband counted the bottles on shelf {i} behind the counter and said nothing at all to anyone.",
+]
+
+
+def novel(chapters: int, name: str = "Lorry") -> str:
+    return "\n\n".join(p.format(i=i) for i in range(1, chapters + 1) for p in NOVEL).replace("Lorry", name)
+
+
+def write_novels(folder, chapters: int) -> None:
+    """A novel and the excluded evaluation book, as ../shared/data/books holds them."""
+    with gzip.open(folder / "a_tale.txt.gz", "wt", encoding="utf-8") as f:
+        f.write(novel(chapters))
+    (folder / "pride_and_prejudice.txt").write_text(novel(chapters, "Darcy"), encoding="utf-8")
+
+
+def test_sentences_split_at_ends_not_at_titles_inside_dialogue_or_at_line_wraps():
+    from model.data import ict_rank, sentence_spans
+
+    text = novel(1)
+    sentences = [text[a:b] for a, b in sentence_spans(text)]
+    assert sentences[:2] == ["CHAPTER 1.", NOVEL[1].split(" The clerks")[0].format(i=1)]
+    assert sentences[3].startswith("Jerry Cruncher") and "his hat\npressed" in sentences[3]
+    assert sentences[4] == '"Poor man!" sighed Lucie, looking out at the rain over courtyard 1.'
+    assert sentences[5] == "Nobody answered her."
+    # a heading; named or quote-free; too short; the rest quote-free
+    assert [ict_rank(s) for s in sentences] == [None, 0, 0, 0, 0, None, 0, 0, 0]
+    assert ict_rank('"I shall go to the town tomorrow morning before it rains," he said.') == 1
+    assert ict_rank("THE END OF THE FIRST BOOK AND THE START OF THE SECOND ONE") is None
+
+
+def _inside(needle: list[int], row: list[int]) -> bool:
+    return any(row[i : i + len(needle)] == needle for i in range(len(row) - len(needle) + 1))
+
+
+def test_inverse_cloze_questions_cut_from_their_gold_chunk(tmp_path):
+    from ingest.tokenizer import load_tokenizer
+    from model.data import RETRIEVAL_ONLY, encode, group_books
+
+    write_novels(tmp_path, chapters=60)
+    docs = list(group_books(tmp_path, ["pride_and_prejudice"], 2000, questions=80, seed=0))
+    assert len(docs) >= 3 and not any(is_val for _, _, is_val in docs)
+    assert all("Lorry" in text and "Darcy" not in text for text, _, _ in docs)  # the evaluation book is out
+    tok = load_tokenizer()
+    words = {}
+    for text, qas, _ in docs:
+        flat = " ".join(text.split())
+        for q in qas:
+            cut = q.start == q.end
+            assert (q.question in flat) != cut  # cut from the text, or kept in place (~10%)
+            if not cut:
+                assert " ".join(text[q.start : q.end].split()) == q.question
+            around = (text[: q.start].split()[-3:], text[q.end :].split()[:3])
+            words[tuple(tok(q.question, add_special_tokens=False)["input_ids"])] = (cut, around)
+    data = encode(docs)
+    assert (data["q_start"] == RETRIEVAL_ONLY).all() and (data["q_end"] == RETRIEVAL_ONLY).all()
+    assert data["question_ids"].shape[1] == 63 and data["chunk_ids"].shape[1] == 256
+    assert len(words) >= len(data["question_ids"]) >= 0.6 * len(words)  # at a chunk's edge: left out
+    chunks, ranges, cut_count = data["chunk_ids"].tolist(), data["doc_ranges"].tolist(), 0
+    for q in range(len(data["question_ids"])):
+        first, last = ranges[int(data["q_doc"][q])]
+        gold = int(data["q_chunk"][q])
+        assert first <= gold < last
+        question = [t for t in data["question_ids"][q].tolist() if t]
+        cut, (before, after) = words[tuple(question)]
+        assert _inside(question, chunks[gold]) != cut
+        if cut:  # gone from every chunk, and the gold chunk holds the text on both sides of the cut
+            assert not any(_inside(question, chunks[c]) for c in range(first, last))
+            for side in (before, after):
+                assert _inside(tok(" ".join(side), add_special_tokens=False)["input_ids"], chunks[gold])
+        cut_count += cut
+    assert 0.75 * len(data["q_doc"]) < cut_count < len(data["q_doc"])  # ~10% kept
+    again = encode(group_books(tmp_path, ["pride_and_prejudice"], 2000, questions=80, seed=0))
+    assert all(torch.equal(again[k], v) for k, v in data.items())  # seeded
+    other = list(group_books(tmp_path, ["pride_and_prejudice"], 2000, questions=80, seed=1))
+    assert [qas for _, qas, _ in other] != [qas for _, qas, _ in docs]
+    every = list(group_books(tmp_path, [], 2000, questions=80, seed=0))
+    assert any("Darcy" in text for text, _, _ in every)
+
+
+def test_book_parts_are_whole_chapters_and_questions_capped(tmp_path):
+    from ingest.tokenizer import load_tokenizer
+    from model.data import book_parts, group_books
+
+    text = novel(30)
+    parts = book_parts(text, 1500, load_tokenizer())
+    assert len(parts) >= 2 and "\n\n".join(parts) == text  # consecutive, nothing lost
+    assert all(p.startswith("CHAPTER ") for p in parts)
+    write_novels(tmp_path, chapters=30)
+    docs = list(group_books(tmp_path, ["pride_and_prejudice"], 1500, questions=5, seed=0, groupings=2))
+    assert len(docs) == 2 * len(parts) and all(len(qas) == 5 for _, qas, _ in docs)
+    assert docs[0][1] != docs[len(parts)][1]  # the second grouping cuts other sentences
+
+
+def test_merged_books_keep_the_format(tmp_path):
+    from model.data import RETRIEVAL_ONLY, encode, group_books, merge
+
+    squad = tmp_path / "squad.json.gz"
+    with gzip.open(squad, "wt", encoding="utf-8") as f:
+        json.dump({"data": squad_articles(n_articles=2, paragraphs=1)}, f)
+    first = build(squad, articles_per_doc=1, val_articles=1)
+    write_novels(tmp_path, chapters=20)
+    books = encode(group_books(tmp_path, ["pride_and_prejudice"], 1500, questions=10, seed=0))
+    data = merge(first, books)
+    n, q = len(first["chunk_ids"]), len(first["q_doc"])
+    assert {k: v.dtype for k, v in data.items()} == {k: v.dtype for k, v in first.items()}
+    assert data["q_chunk"][q:].tolist() == (books["q_chunk"] + n).tolist()
+    assert (data["q_start"][:q] != RETRIEVAL_ONLY).all() and (data["q_start"][q:] == RETRIEVAL_ONLY).all()
+    assert data["doc_is_val"].tolist() == [True, False] + [False] * len(books["doc_ranges"])

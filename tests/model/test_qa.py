@@ -9,11 +9,12 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from model.data import RETRIEVAL_ONLY
 from model.encoder import BSBRConfig, BSBREncoder
 from model.qa import DocQAModel, LoRALinear, QAConfig, best_spans, merge_lora, question_rows, reader_rows
 from model.train.checkpoint import load_checkpoint
 from model.train.config import TrainConfig
-from model.train.data import CLS_ID, SEP_ID, Documents, load_data
+from model.train.data import CLS_ID, SEP_ID, Documents, ReaderPlan, StepPlan, load_data
 from model.train.losses import question_scores, step_loss
 from model.train.train import initial_model, train
 from model.train.validation import RERANK_WEIGHTS, gold_exact, pick, validate
@@ -286,6 +287,32 @@ def test_retrieval_trains_on_every_question_and_the_reader_on_the_first_n_read()
     assert split["span"] == pytest.approx(first_three["span"], abs=1e-6)
     assert split["retrieval"] != pytest.approx(first_three["retrieval"], abs=1e-6)
     assert split["span"] != pytest.approx(all_read["span"], abs=1e-6)
+
+
+def test_retrieval_only_questions_train_retrieval_and_never_the_reader():
+    data = synthetic_documents()
+    data["q_start"][4:8] = data["q_end"][4:8] = RETRIEVAL_ONLY  # half of document 0's questions
+    data["q_start"][8:] = data["q_end"][8:] = RETRIEVAL_ONLY  # all of document 1's
+    docs, plain = Documents(data), Documents(synthetic_documents())
+    model, cpu, batch = tiny_model(rank=4).eval(), torch.device("cpu"), list(range(8))
+    _, mixed = step_loss(model, docs, 0, batch, random.Random(1), cpu)
+    _, readable = step_loss(model, docs, 0, batch[:4], random.Random(1), cpu)
+    _, every = step_loss(model, plain, 0, batch, random.Random(1), cpu)
+    assert mixed["retrieval"] == pytest.approx(every["retrieval"], abs=1e-6)  # all 8 train retrieval
+    assert mixed["span"] == pytest.approx(readable["span"], abs=1e-6)  # only the 4 readable are read
+    assert mixed["span"] != pytest.approx(every["span"], abs=1e-6)
+    _, first_two = step_loss(model, docs, 0, [5, 0, 6, 1, 2], random.Random(1), cpu, n_read=2)
+    _, read_two = step_loss(model, docs, 0, [0, 1], random.Random(1), cpu)
+    assert first_two["span"] == pytest.approx(read_two["span"], abs=1e-6)  # n_read counts readable ones
+    model.train()
+    loss, parts = step_loss(model, docs, 1, list(range(8, 16)), random.Random(1), cpu)
+    loss.backward()
+    assert parts["span"] == 0.0 and parts["retrieval"] > 0
+    assert model.span_head.weight.grad is None and model.retrieval_log_scale.grad is not None
+    assert ReaderPlan(docs, seed=0, questions=4).pool == [0, 1, 2, 3]
+    StepPlan(docs, seed=0, docs_per_step=2, questions=4)
+    with pytest.raises(ValueError, match="retrieval-only"):
+        StepPlan(docs, seed=0, docs_per_step=2, questions=4, rank=0, world=2)
 
 
 def test_validate_picks_a_rerank_weight_and_calibrates_with_it():
