@@ -19,7 +19,7 @@ from app import methods as registry
 from app.answering import READ_K_CPU, READ_K_GPU, Answerer
 from app.engine import QAEngine
 from app.library import Library
-from app.settings import Settings, resolve_device
+from app.settings import Settings, resolve_cpu_bf16, resolve_device
 from app.types import Answer, IngestReport
 from ingest.pipeline import Pipeline, Prepared, StageProgress, Stored
 from ingest.store import DocumentInfo, DocumentStore, StoreError
@@ -44,8 +44,9 @@ class DocQA:
         self.settings = settings or Settings.from_env()
         self.device = resolve_device(device or self.settings.device)
         self.store = DocumentStore(home or self.settings.home)
-        self.engine = QAEngine.load_if_present(self.device, self.settings.model_dir)
-        self.faiss = FaissRetriever(self.store, self.device)
+        cpu_bf16 = self.device == "cpu" and resolve_cpu_bf16(self.settings.cpu_bf16)
+        self.engine = QAEngine.load_if_present(self.device, self.settings.model_dir, cpu_bf16)
+        self.faiss = FaissRetriever(self.store, self.device, cpu_bf16)
         self.bm25 = Bm25Retriever(self.store)
         self.hybrid = HybridRetriever(self.faiss, self.bm25)
         self.retrievers = {"faiss": self.faiss, "bm25": self.bm25, "hybrid": self.hybrid}

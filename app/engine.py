@@ -45,10 +45,17 @@ def model_fingerprint(folder: Path) -> str:
 
 
 class QAEngine:
-    """Thread-safe wrapper of DocQAModel for the app (inference mode, LoRA merged, fp16 caches on GPU)."""
+    """Thread-safe wrapper of DocQAModel for the app (inference mode, LoRA merged, fp16 caches on GPU).
 
-    def __init__(self, folder: Path, device: str = "cpu", cached_documents: int = 4) -> None:
+    With cpu_bf16, the document pass on a CPU runs under bfloat16 autocast (Settings.cpu_bf16); the
+    question pass and the reader stay fp32 there.
+    """
+
+    def __init__(
+        self, folder: Path, device: str = "cpu", cached_documents: int = 4, cpu_bf16: bool = False
+    ) -> None:
         self.device = torch.device(device)
+        self.cpu_bf16 = cpu_bf16 and self.device.type == "cpu"
         self.fingerprint = model_fingerprint(folder)
         self.model = DocQAModel.from_pretrained(folder).to(self.device)
         self.config = self.model.config
@@ -60,12 +67,12 @@ class QAEngine:
             torch.set_num_threads(max(1, os.cpu_count() or 1))
 
     @classmethod
-    def load_if_present(cls, device: str, folder: Path) -> QAEngine | None:
+    def load_if_present(cls, device: str, folder: Path, cpu_bf16: bool = False) -> QAEngine | None:
         """The engine over the weights in `folder` (Settings.model_dir), None when there are none."""
         folder = Path(folder)
         if not (folder / "delta.safetensors").exists():
             return None
-        return cls(folder, device)
+        return cls(folder, device, cpu_bf16=cpu_bf16)
 
     @property
     def cache_file(self) -> str:
@@ -93,7 +100,7 @@ class QAEngine:
             row = [tok.cls_token_id, *p[: CHUNK_TOKENS - 2], tok.sep_token_id]
             ids[i, : len(row)] = torch.tensor(row)
         ids = ids.to(self.device)
-        with self._autocast():
+        with self._autocast(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cpu_bf16):
             cache = self.model.document_cache(ids, (ids != 0).long(), progress=progress)
         return cache.to("cpu", torch.float16)
 

@@ -56,14 +56,16 @@ class FaissRetriever:
     index, one index per document.
 
     Each chunk is embedded as several overlapping windows of up to 64 tokens (model.embed.WINDOW_TOKENS)
-    and scores as its best window, so a short fact inside a long chunk can still be found.
+    and scores as its best window, so a short fact inside a long chunk can still be found. With
+    cpu_bf16 (Settings.cpu_bf16) the encoder is kept in bfloat16 on a CPU.
     """
 
     stage = "embed"
 
-    def __init__(self, store: DocumentStore, device: str) -> None:
+    def __init__(self, store: DocumentStore, device: str, cpu_bf16: bool = False) -> None:
         self.store = store
         self.device = device
+        self.cpu_bf16 = cpu_bf16
         self._lock = threading.Lock()
         self._embedder = None
         self._indexes: dict[str, object] = {}
@@ -74,7 +76,7 @@ class FaissRetriever:
             if self._embedder is None:
                 from model.embed import SentenceEmbedder
 
-                self._embedder = SentenceEmbedder(self.device)
+                self._embedder = SentenceEmbedder(self.device, cpu_bf16=self.cpu_bf16)
             return self._embedder
 
     def index(self, chunks: list[Chunk], progress: ProgressFn | None = None) -> dict[str, ArtifactWriter]:

@@ -53,16 +53,30 @@ class SentenceEmbedder:
         device: "cpu" or "cuda".
         max_tokens: truncation length of `encode`, [CLS]/[SEP] included (chunks are built to fit 256).
         batch_size: texts per forward pass (texts are sorted by length to limit padding).
+        cpu_bf16: on a CPU, keep the model in bfloat16 (Settings.cpu_bf16; fast where the CPU has
+            bfloat16 instructions). On the sample book's windows: 5.2 s instead of 19.4 s in fp32 and
+            6.3 s under bfloat16 autocast, every vector at cosine > 0.9998 to its fp32 one. Ignored
+            on a GPU (fp16 there).
     """
 
     dim = 384
 
-    def __init__(self, device: str = "cpu", max_tokens: int = CHUNK_TOKENS, batch_size: int = 64) -> None:
+    def __init__(
+        self,
+        device: str = "cpu",
+        max_tokens: int = CHUNK_TOKENS,
+        batch_size: int = 64,
+        cpu_bf16: bool = False,
+    ) -> None:
         from transformers import AutoModel
 
         quiet_transformers()
         self.device = torch.device(device)
-        dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        self.cpu_bf16 = cpu_bf16 and self.device.type == "cpu"
+        if self.device.type == "cuda":
+            dtype = torch.float16
+        else:
+            dtype = torch.bfloat16 if self.cpu_bf16 else torch.float32
         self.model = AutoModel.from_pretrained(str(minilm_dir()), dtype=dtype).to(self.device).eval()
         self.tokenizer = load_tokenizer()
         self.max_tokens = max_tokens

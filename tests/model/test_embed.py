@@ -74,3 +74,39 @@ def test_long_texts_get_several_windows_and_every_text_at_least_one(embedder):
     ids = embedder.tokenizer(LONG, add_special_tokens=False)["input_ids"]
     first = embedder.tokenizer.decode(ids[: window_spans(n_tokens, WINDOW_TOKENS - 2, WINDOW_OVERLAP)[0][1]])
     np.testing.assert_allclose(vectors[0], embedder.encode([first])[0], atol=1e-5)
+
+
+PROSE = [
+    "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be "
+    "in want of a wife. However little known the feelings or views of such a man may be on his first "
+    "entering a neighbourhood, this truth is so well fixed in the minds of the surrounding families.",
+    "The ferry to Kallisto leaves the north pier at 7:40 every weekday; on Sundays it runs twice, and the "
+    "fare is 12 euros (children under six travel free).",
+    "Photosynthesis converts light energy into chemical energy stored in glucose, releasing oxygen.",
+    LONG,
+]
+
+
+def test_bf16_embeddings_stay_within_cosine_0_999_of_fp32(embedder):
+    fast = SentenceEmbedder("cpu", batch_size=4, cpu_bf16=True)
+    assert fast.cpu_bf16 and fast.model.dtype == torch.bfloat16
+    exact, owners = embedder.encode_windows(PROSE)
+    rounded, same_owners = fast.encode_windows(PROSE)
+    assert owners.tolist() == same_owners.tolist() and len(owners) > len(PROSE)  # LONG has several windows
+    cosine = (exact * rounded).sum(1)
+    assert cosine.min() > 0.999
+    assert not np.array_equal(exact, rounded)  # the setting does switch the arithmetic
+    assert rounded.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(rounded, axis=1), 1.0, atol=1e-5)
+    question = "When does the ferry to Kallisto leave?"  # encode (the question side) too
+    assert float(embedder.encode([question])[0] @ fast.encode([question])[0]) > 0.999
+
+
+def test_bf16_is_off_by_default(embedder):
+    assert not embedder.cpu_bf16 and embedder.model.dtype == torch.float32
+
+
+@pytest.mark.gpu
+def test_bf16_is_ignored_on_a_gpu():
+    on_gpu = SentenceEmbedder("cuda", cpu_bf16=True)
+    assert not on_gpu.cpu_bf16 and on_gpu.model.dtype == torch.float16

@@ -1,0 +1,88 @@
+"""QAEngine with the shipped weights: the document pass under bfloat16 autocast (cpu_bf16) on a CPU."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from app import DocQA
+from app.engine import QAEngine
+from app.settings import DEFAULT_MODEL_DIR, Settings
+from ingest.chunk import chunk_document
+from ingest.types import ParsedDocument
+
+TEXT = "\n\n".join(
+    f"Chapter {i}. The harbour office of town {i} opens at {i + 6} in the morning. Its keeper, "
+    f"{name}, sells maps of the coast and tide tables, and rents rowing boats by the hour. "
+    "Fishing boats leave at dawn; the market on the square sells bread, cheese and smoked fish. " * 3
+    for i, name in enumerate(["Amelia", "Bruno", "Chiara", "Dmitri", "Esther", "Farid", "Greta", "Hugo"])
+)
+
+pytestmark = pytest.mark.skipif(
+    not (DEFAULT_MODEL_DIR / "delta.safetensors").exists(), reason="no shipped BSBR weights"
+)
+
+
+@pytest.fixture(scope="module")
+def chunks():
+    parsed = ParsedDocument(path="towns.txt", title="towns", text=TEXT, page_starts=[0], n_pages=1)
+    return chunk_document(parsed)
+
+
+@pytest.fixture(scope="module")
+def engines():
+    return QAEngine(DEFAULT_MODEL_DIR, "cpu"), QAEngine(DEFAULT_MODEL_DIR, "cpu", cpu_bf16=True)
+
+
+def _min_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Smallest cosine between matching rows of a and b (rows: everything but the last dim), over
+    the rows that are not all zeros in `a` (padding windows, empty chunks); those must be zero in b too."""
+    a, b = a.float().flatten(0, -2), b.float().flatten(0, -2)
+    real = a.norm(dim=-1) > 0
+    assert torch.equal(real, b.norm(dim=-1) > 0)
+    return torch.nn.functional.cosine_similarity(a[real], b[real]).min().item()
+
+
+def test_bf16_document_pass_stays_close_to_fp32(chunks, engines):
+    exact_engine, fast_engine = engines
+    assert len(chunks) > 3 and fast_engine.cpu_bf16 and not exact_engine.cpu_bf16
+    exact, fast = exact_engine.build_cache(chunks), fast_engine.build_cache(chunks)
+    assert fast.outputs.dtype == exact.outputs.dtype == torch.float16  # stored as before
+    assert _min_cosine(exact.outputs, fast.outputs) > 0.99  # (1, N, V, hidden): per window
+    for layer, (s_exact, s_fast) in enumerate(zip(exact.states, fast.states, strict=True)):
+        assert _min_cosine(s_exact.flatten(-2), s_fast.flatten(-2)) > 0.99, layer  # per chunk and head
+    for k_exact, k_fast in zip(exact.keys, fast.keys, strict=True):
+        assert _min_cosine(k_exact, k_fast) > 0.99
+    assert torch.equal(exact.valid, fast.valid)
+    assert not torch.equal(exact.outputs, fast.outputs)  # the setting does switch the arithmetic
+
+
+def test_bf16_cache_ranks_the_chunks_as_the_fp32_cache(chunks, engines):
+    exact_engine, fast_engine = engines
+    exact = exact_engine.build_cache(chunks).to("cpu", torch.float32)
+    fast = fast_engine.build_cache(chunks).to("cpu", torch.float32)
+    for question in ("When does the harbour office of town 5 open?", "Who keeps the office of town 2?"):
+        # the question pass is fp32 on both engines (cpu_bf16 covers the document pass only)
+        s_exact = exact_engine.retrieval_scores(question, exact)
+        s_fast = fast_engine.retrieval_scores(question, fast)
+        assert s_exact.argmax() == s_fast.argmax()
+        assert torch.corrcoef(torch.stack([s_exact, s_fast]))[0, 1] > 0.99
+        assert torch.equal(s_exact, exact_engine.retrieval_scores(question, exact))  # deterministic
+
+
+@pytest.mark.parametrize("on", [True, False], ids=["on", "off"])
+def test_docqa_hands_the_setting_to_both_ingest_passes(tmp_path, on):
+    settings = dataclasses.replace(Settings.from_env(), home=tmp_path, device="cpu", cpu_bf16=on)
+    qa = DocQA(settings=settings)
+    assert qa.engine.cpu_bf16 is on
+    assert qa.faiss.embedder.cpu_bf16 is on
+
+
+@pytest.mark.gpu
+def test_cpu_bf16_is_off_on_a_gpu(tmp_path):
+    assert not QAEngine(DEFAULT_MODEL_DIR, "cuda", cpu_bf16=True).cpu_bf16
+    settings = dataclasses.replace(Settings.from_env(), home=tmp_path, device="cuda", cpu_bf16=True)
+    qa = DocQA(settings=settings)
+    assert not qa.engine.cpu_bf16 and not qa.faiss.embedder.cpu_bf16
