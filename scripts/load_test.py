@@ -11,7 +11,10 @@ uploads a fresh document between questions. Every answer is checked: evidence on
 own documents (sessions are isolated) and the client's fact in the top passage. Everything is bounded:
 loopback only, --clients threads, --seconds of load, --max-requests per client, --request-timeout.
 
-    python -m scripts.load_test --clients 16 --seconds 120 [--json runs/load.json]
+    python -m scripts.load_test --clients 16 --seconds 120 [--think 10] [--json runs/load.json]
+
+--think makes each client pause as a reader would between an answer and its next question (a mean of
+--think seconds); without it every client asks again the moment it has its answer, the worst case.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import argparse
 import contextlib
 import json
 import os
+import random
 import socket
 import sqlite3
 import statistics
@@ -47,6 +51,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=60.0, help="how long the load runs")
     parser.add_argument("--upload-every", type=int, default=4, help="every k-th client also uploads")
     parser.add_argument("--max-requests", type=int, default=1000, help="per client")
+    parser.add_argument(
+        "--think",
+        type=float,
+        default=0.0,
+        help="mean seconds a client reads an answer before its next request (each pause drawn from "
+        "0.5-1.5 x this, seeded per client; 0: back-to-back requests, the worst case)",
+    )
     parser.add_argument("--request-timeout", type=float, default=300.0)
     parser.add_argument("--startup-timeout", type=float, default=900.0, help="server start + sample ingest")
     parser.add_argument("--home", type=Path, default=None, help="DOCQA_HOME (default: a new temp folder)")
@@ -55,6 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 1 <= args.clients <= MAX_CLIENTS:
         parser.error(f"--clients must be in 1..{MAX_CLIENTS}")
+    if args.think < 0:
+        parser.error("--think must be at least 0")
     return args
 
 
@@ -199,9 +212,12 @@ def run_client(
         results.error("connect", repr(err))
         return
     uploads = args.upload_every > 0 and index % args.upload_every == 0
+    pauses = random.Random(index)
     mine: set[str] = set()
     question, word = "", ""
     for n in range(args.max_requests):
+        if n > 0 and args.think:
+            time.sleep(args.think * pauses.uniform(0.5, 1.5))
         if time.monotonic() > deadline and n > 0:
             break
         if n == 0 or (uploads and n % 2 == 0):
@@ -296,6 +312,7 @@ def summarize(results: Results, args: argparse.Namespace, seconds: float, memory
     }
     return {
         "clients": args.clients,
+        "think_s": args.think,
         "uploading_clients": len(
             [i for i in range(args.clients) if args.upload_every and i % args.upload_every == 0]
         ),

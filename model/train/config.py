@@ -46,6 +46,18 @@ class TrainConfig:
         0, "first train the reader alone for this many steps (no document pass: cheap, many updates)"
     )
     reader_questions: int = _option(64, "questions per reader-phase step, over all ranks")
+    reader_negatives: int = _option(
+        1,
+        "negative chunks read per reader question in the joint steps: the first as before (the hardest "
+        "wrong chunk by retrieval half of the time, else a random one), the others the next hardest",
+    )
+    shared_norm: float = _option(
+        0.0,
+        "weight of a loss that compares passages: one softmax over the start (and end) scores, each "
+        "minus its passage's [CLS] score, of a question's gold and negative passages, the gold span the "
+        "target (0: off; each passage is scored alone, which leaves scores of different passages "
+        "uncalibrated against each other)",
+    )
     init: str | None = _option(
         None,
         "start from this trained delta folder (config.json + delta.safetensors) instead of a fresh "
@@ -89,6 +101,7 @@ class TrainConfig:
             "retrieval_questions": 1,
             "reader_steps": 0,
             "reader_questions": 1,
+            "reader_negatives": 1,
             "warmup": 0,
             "lora_rank": 0,
             "reader_lora_rank": 0,
@@ -101,6 +114,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < low:
                 raise ValueError(f"{_flag(name)} must be at least {low}, got {value}")
+        if self.shared_norm < 0:
+            raise ValueError(f"--shared-norm must be at least 0, got {self.shared_norm}")
         for name in ("lr", "lora_alpha", "max_minutes", "fit_minutes"):
             value = getattr(self, name)
             if value is not None and not value > 0:

@@ -40,12 +40,15 @@ def setup_distributed() -> tuple[int, int]:
 class StepLoss(nn.Module):
     """`step_loss` as a forward pass, so that DistributedDataParallel sees the call and syncs gradients."""
 
-    def __init__(self, model: DocQAModel) -> None:
+    def __init__(self, model: DocQAModel, reader_negatives: int = 1, shared_norm: float = 0.0) -> None:
         super().__init__()
         self.model = model
+        self.reader_negatives, self.shared_norm = reader_negatives, shared_norm
 
     def forward(self, docs: Documents, g: int, batch: list[int], rng: random.Random, device, n_read=None):
-        return step_loss(self.model, docs, g, batch, rng, device, n_read)
+        return step_loss(
+            self.model, docs, g, batch, rng, device, n_read, self.reader_negatives, self.shared_norm
+        )
 
 
 def wrap_for_ranks(step_fn: StepLoss, device: torch.device, world: int) -> nn.Module:

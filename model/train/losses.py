@@ -21,12 +21,16 @@ def step_loss(
     rng: random.Random,
     device,
     n_read: int | None = None,
+    n_negatives: int = 1,
+    shared_norm: float = 0.0,
 ):
     """Loss of one training document and a batch of its questions. Returns (loss, parts dict).
 
     Every question of `batch` trains retrieval; the first `n_read` of them (default all) that have an
     answer to read (not model.data's retrieval-only questions) also train the reader, on their gold chunk
-    and one negative (question passes are cheap, reader rows are not). Without any, the span loss is 0.
+    and `n_negatives` negatives (question passes are cheap, reader rows are not): the first is the
+    hardest wrong chunk by retrieval half of the time, else a random one; the others are the next
+    hardest. Without any readable question, the span loss is 0. `shared_norm`: see reader_loss.
     """
     ids, mask = docs.chunks(g, device)
     first = docs.ranges[g][0]
@@ -42,11 +46,14 @@ def step_loss(
     rows = torch.tensor(read, device=device)
     gold = gold[rows]
     wrong = scores[rows].detach().float().scatter(1, gold[:, None], -math.inf)
-    hard = wrong.argmax(1).tolist()
+    k = min(n_negatives, ids.shape[0] - 1)
+    hard = wrong.topk(k, dim=1).indices.tolist()  # (R, k) the hardest wrong chunks first
     negatives = [
-        h if rng.random() < 0.5 else rng.choice([c for c in range(ids.shape[0]) if c != gl])
+        h[0] if rng.random() < 0.5 else rng.choice([c for c in range(ids.shape[0]) if c != gl])
         for h, gl in zip(hard, gold.tolist(), strict=True)
     ]
+    for j in range(1, k):  # block j: every question's j-th hardest wrong chunk
+        negatives += [h[j] for h in hard]
     span_loss = reader_loss(
         model,
         docs,
@@ -55,6 +62,7 @@ def step_loss(
         cache,
         device,
         [q_tokens[i] for i in read],
+        shared_norm,
     )
     loss = span_loss + retrieval_loss
     return loss, {"span": span_loss.item(), "retrieval": retrieval_loss.item()}
@@ -100,20 +108,49 @@ def reader_loss(
     cache,
     device,
     q_tokens: list[list[int]] | None = None,
+    shared_norm: float = 0.0,
 ):
     """Span loss of reader rows for each question's gold chunk (target: the answer span, or [CLS] when
-    the answer is not inside it) and for its negative chunk (global index; target [CLS], "not here"),
-    reading against `cache` (None: no document cache)."""
+    the answer is not inside it) and for its negative chunks (global indexes, K blocks of len(batch):
+    block j holds every question's j-th negative; target [CLS], "not here"), reading against `cache`
+    (None: no document cache).
+
+    With shared_norm > 0, plus shared_norm x a loss across each question's passages: one softmax over
+    the start logits minus [CLS]'s of its gold and negative passages (passage tokens only), and the same
+    for the end, the gold span the target (questions whose answer is in the gold chunk). The app ranks
+    passages by span minus [CLS] scores (model.qa.best_spans), which the per-passage loss leaves
+    uncalibrated across passages; this loss makes the right passage's span beat the others' spans."""
     if q_tokens is None:
         q_tokens = [docs.question_tokens(q) for q in batch]
+    B = len(batch)
+    if not negatives or len(negatives) % B:
+        raise ValueError(f"{len(negatives)} negatives for {B} questions: need K blocks of {B}")
+    blocks = 1 + len(negatives) // B
     passages = [docs.passage_tokens(int(docs.q_chunk[q])) for q in batch]
     passages += [docs.passage_tokens(c) for c in negatives]
-    start, end, offsets = read_rows(model, q_tokens + q_tokens, passages, cache, device)
-    B = len(batch)
+    start, end, offsets = read_rows(model, q_tokens * blocks, passages, cache, device)
     off = torch.tensor(offsets[:B], device=device)
     s_pos, e_pos = docs.q_start[batch].to(device), docs.q_end[batch].to(device)
     has_span = s_pos >= 0
-    none = torch.zeros(B, dtype=torch.long, device=device)
+    none = torch.zeros(B * (blocks - 1), dtype=torch.long, device=device)
     t_start = torch.cat([torch.where(has_span, off + s_pos, 0), none])
     t_end = torch.cat([torch.where(has_span, off + e_pos, 0), none])
-    return (F.cross_entropy(start, t_start) + F.cross_entropy(end, t_end)) / 2
+    loss = (F.cross_entropy(start, t_start) + F.cross_entropy(end, t_end)) / 2
+    if shared_norm > 0 and has_span.any():
+        lengths = [len(p) for p in passages]
+        inside = _passage_mask(offsets, lengths, start.shape[1], device)  # (blocks * B, Lr)
+        shared = []
+        for logits, target in ((start, off + s_pos), (end, off + e_pos)):
+            relative = (logits.float() - logits[:, :1].float()).masked_fill(~inside, -math.inf)
+            across = relative.view(blocks, B, -1).transpose(0, 1).flatten(1)  # (B, blocks * Lr)
+            shared.append(F.cross_entropy(across[has_span], target[has_span]))  # gold block: first Lr
+        loss = loss + shared_norm * (shared[0] + shared[1]) / 2
+    return loss
+
+
+def _passage_mask(offsets: list[int], lengths: list[int], width: int, device) -> torch.Tensor:
+    """(rows, width) True on each reader row's passage tokens."""
+    pos = torch.arange(width, device=device)
+    off = torch.tensor(offsets, device=device)[:, None]
+    n = torch.tensor(lengths, device=device)[:, None]
+    return (pos >= off) & (pos < off + n)

@@ -165,7 +165,9 @@ def reader_phase(
         opt.zero_grad(set_to_none=True)
         questions, negatives = plan(reader_step)
         with run.autocast:
-            loss = reader_loss(model, docs, questions, negatives, None, run.device)
+            loss = reader_loss(
+                model, docs, questions, negatives, None, run.device, shared_norm=config.shared_norm
+            )
         loss.backward()
         average_gradients(params, run.world)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -198,7 +200,9 @@ def joint_phase(
         rank=run.rank,
         world=run.world,
     )
-    step_fn = wrap_for_ranks(StepLoss(model), run.device, run.world)
+    step_fn = wrap_for_ranks(
+        StepLoss(model, config.reader_negatives, config.shared_norm), run.device, run.world
+    )
     params = model.trainable_parameters()
     steps = config.steps  # --fit-minutes may lower it
     fit_start, first_step = 0.0, step

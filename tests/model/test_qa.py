@@ -15,7 +15,7 @@ from model.qa import DocQAModel, LoRALinear, QAConfig, best_spans, merge_lora, q
 from model.train.checkpoint import load_checkpoint
 from model.train.config import TrainConfig
 from model.train.data import CLS_ID, SEP_ID, Documents, ReaderPlan, StepPlan, load_data
-from model.train.losses import question_scores, step_loss
+from model.train.losses import question_scores, read_rows, reader_loss, step_loss
 from model.train.train import initial_model, train
 from model.train.validation import RERANK_WEIGHTS, gold_exact, pick, validate
 
@@ -313,6 +313,58 @@ def test_retrieval_only_questions_train_retrieval_and_never_the_reader():
     StepPlan(docs, seed=0, docs_per_step=2, questions=4)
     with pytest.raises(ValueError, match="retrieval-only"):
         StepPlan(docs, seed=0, docs_per_step=2, questions=4, rank=0, world=2)
+
+
+def _shared_loss_by_hand(model, docs, batch, negatives):
+    """The cross-passage loss of reader_loss, one question at a time with plain loops."""
+    blocks = [[int(docs.q_chunk[q]) for q in batch]] + [
+        negatives[j : j + len(batch)] for j in range(0, len(negatives), len(batch))
+    ]
+    terms = []
+    for b, q in enumerate(batch):
+        if docs.q_start[q] < 0:
+            continue
+        q_tok = docs.question_tokens(q)
+        rows = [docs.passage_tokens(block[b]) for block in blocks]
+        start, end, offsets = read_rows(model, [q_tok] * len(rows), rows, None, torch.device("cpu"))
+        for logits, pos in ((start, int(docs.q_start[q])), (end, int(docs.q_end[q]))):
+            flat = torch.cat(
+                [logits[r, offsets[r] : offsets[r] + len(rows[r])] - logits[r, 0] for r in range(len(rows))]
+            )
+            terms.append(-torch.log_softmax(flat, 0)[pos] / 2)
+    return torch.stack(terms).sum() / (len(terms) / 2)
+
+
+def test_shared_norm_adds_a_softmax_across_each_questions_passages():
+    model, docs = tiny_model(rank=4).eval(), Documents(synthetic_documents())
+    cpu, batch = torch.device("cpu"), [0, 1, 2, 3]
+    negatives = [5, 6, 7, 4] + [6, 7, 4, 5]  # two blocks: each question's 1st and 2nd negative chunk
+    with torch.no_grad():
+        alone = reader_loss(model, docs, batch, negatives, None, cpu)
+        both = reader_loss(model, docs, batch, negatives, None, cpu, shared_norm=0.5)
+        by_hand = _shared_loss_by_hand(model, docs, batch, negatives)
+    torch.testing.assert_close(both - alone, 0.5 * by_hand, atol=1e-5, rtol=1e-5)
+    # the per-passage part reads every block: a third block of negatives changes it
+    with torch.no_grad():
+        more = reader_loss(model, docs, batch, negatives + [7, 4, 5, 6], None, cpu)
+    assert more != pytest.approx(alone.item(), abs=1e-6)
+    with pytest.raises(ValueError, match="need K blocks of 4"):
+        reader_loss(model, docs, batch, negatives[:5], None, cpu)
+
+
+def test_more_reader_negatives_read_more_rows_of_the_hardest_wrong_chunks():
+    model, docs, cpu = tiny_model(rank=4).eval(), Documents(synthetic_documents()), torch.device("cpu")
+    batch = docs.questions_of[0]
+    _, one = step_loss(model, docs, 0, batch, random.Random(1), cpu)
+    _, one_again = step_loss(model, docs, 0, batch, random.Random(1), cpu, n_negatives=1)
+    _, three = step_loss(model, docs, 0, batch, random.Random(1), cpu, n_negatives=3)
+    assert one["span"] == pytest.approx(one_again["span"], abs=1e-6)  # the default is one negative
+    assert three["span"] != pytest.approx(one["span"], abs=1e-6)
+    assert three["retrieval"] == pytest.approx(one["retrieval"], abs=1e-6)
+    model.train()
+    loss, _ = step_loss(model, docs, 0, batch, random.Random(1), cpu, n_negatives=2, shared_norm=1.0)
+    loss.backward()
+    assert model.span_head.weight.grad is not None and model.span_head.weight.grad.abs().sum() > 0
 
 
 def test_validate_picks_a_rerank_weight_and_calibrates_with_it():

@@ -41,6 +41,8 @@ def test_the_command_line_is_the_dataclass(data):
         ({"log_every": 0}, "--log-every must be at least 1"),
         ({"docs_per_step": 0}, "--docs-per-step must be at least 1"),
         ({"val_questions": -1}, "--val-questions must be at least 0"),
+        ({"reader_negatives": 0}, "--reader-negatives must be at least 1"),
+        ({"shared_norm": -0.5}, "--shared-norm must be at least 0, got -0.5"),
         ({"lr": 0.0}, "--lr must be more than 0"),
         ({"lora_alpha": -2.0}, "--lora-alpha must be more than 0"),
         ({"max_minutes": 0}, "--max-minutes must be more than 0"),
