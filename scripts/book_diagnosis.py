@@ -27,32 +27,39 @@ ANS = {
     "Whom does Lydia run away with?": "wickham",
     "What is the name of Mr. Darcy's estate?": "pemberley",
 }
-qa = DocQA()
-doc = qa.ingest("assets/pride_and_prejudice.pdf").doc_id
-text, chunks, _ = qa.library._chunks(doc)
-texts = [c.text for c in chunks]
-cache = qa.retrievers["bsbr"].cache(doc)
-eng = qa.engine
-print("threshold", eng.abstain_threshold)
-for q, golds in GOLD.items():
-    gold = [i for i, t in enumerate(texts) if any(g in t.lower() for g in golds)]
-    line = [f"\n== {q}  ({len(gold)} gold-string chunks)"]
-    for m in ("bsbr", "faiss", "bm25", "hybrid"):
-        ids, scores, every = qa.retrievers[m].top(q, doc, len(texts))
-        ranks = [int(np.where(ids == g)[0][0]) for g in gold if g in ids]
-        line.append(f"  {m}: best gold rank {min(ranks) if ranks else None}")
-    reads = [r for k in range(0, len(texts), 64) for r in eng.read(q, texts[k : k + 64], cache)]
-    scored = sorted(range(len(texts)), key=lambda i: -reads[i].score)
-    ans = [texts[i][reads[i].char_start : reads[i].char_end] for i in range(len(texts))]
-    good = [i for i in scored if ANS[q] in ans[i].lower()]
-    line.append(
-        "  reader top5 over all chunks: "
-        + "; ".join(f"{ans[i]!r} {reads[i].score:.2f} c{i}" for i in scored[:5])
-    )
-    line.append(
-        f"  reader: first right answer at reader rank {scored.index(good[0]) if good else None}"
-        + (f" {ans[good[0]]!r} score {reads[good[0]].score:.2f} chunk {good[0]}" if good else "")
-    )
-    order = answer_order([(reads[i].score, ans[i]) for i in range(len(texts))])
-    line.append(f"  aggregated over all chunks: {ans[order[0]]!r}")
-    print("\n".join(line), flush=True)
+
+
+def main() -> None:
+    qa = DocQA()
+    doc = qa.ingest("assets/pride_and_prejudice.pdf").doc_id
+    text, chunks, _ = qa.library._chunks(doc)
+    texts = [c.text for c in chunks]
+    cache = qa.retrievers["bsbr"].cache(doc)
+    eng = qa.engine
+    print("threshold", eng.abstain_threshold)
+    for q, golds in GOLD.items():
+        gold = [i for i, t in enumerate(texts) if any(g in t.lower() for g in golds)]
+        line = [f"\n== {q}  ({len(gold)} gold-string chunks)"]
+        for m in ("bsbr", "faiss", "bm25", "hybrid"):
+            ids, scores, every = qa.retrievers[m].top(q, doc, len(texts))
+            ranks = [int(np.where(ids == g)[0][0]) for g in gold if g in ids]
+            line.append(f"  {m}: best gold rank {min(ranks) if ranks else None}")
+        reads = [r for k in range(0, len(texts), 64) for r in eng.read(q, texts[k : k + 64], cache)]
+        scored = sorted(range(len(texts)), key=lambda i: -reads[i].score)
+        ans = [texts[i][reads[i].char_start : reads[i].char_end] for i in range(len(texts))]
+        good = [i for i in scored if ANS[q] in ans[i].lower()]
+        line.append(
+            "  reader top5 over all chunks: "
+            + "; ".join(f"{ans[i]!r} {reads[i].score:.2f} c{i}" for i in scored[:5])
+        )
+        line.append(
+            f"  reader: first right answer at reader rank {scored.index(good[0]) if good else None}"
+            + (f" {ans[good[0]]!r} score {reads[good[0]].score:.2f} chunk {good[0]}" if good else "")
+        )
+        order = answer_order([(reads[i].score, ans[i]) for i in range(len(texts))])
+        line.append(f"  aggregated over all chunks: {ans[order[0]]!r}")
+        print("\n".join(line), flush=True)
+
+
+if __name__ == "__main__":
+    main()
