@@ -114,8 +114,8 @@ def resolve_device(name: str) -> str:
 
 
 def resolve_cpu_bf16(value: bool | None) -> bool:
-    """Settings.cpu_bf16 -> whether the CPU passes run under bfloat16 autocast (None: where the CPU
-    has bfloat16 instructions, which oneDNN's matmuls then use)."""
+    """Settings.cpu_bf16 -> whether the CPU ingest passes run in bfloat16 (None: where the CPU has
+    bfloat16 instructions, which oneDNN's matmuls then use)."""
     if value is not None:
         return value
     import torch

@@ -359,6 +359,14 @@ def reader_rows(
     return ids.to(device), mask.to(device), tt.to(device), offsets
 
 
+def passage_mask(offsets: list[int], lengths: list[int], width: int, device) -> Tensor:
+    """(rows, width) True on each reader row's passage tokens (row i: offsets[i] .. + lengths[i])."""
+    pos = torch.arange(width, device=device)
+    off = torch.tensor(offsets, device=device)[:, None]
+    n = torch.tensor(lengths, device=device)[:, None]
+    return (pos >= off) & (pos < off + n)
+
+
 def best_spans(
     start: Tensor, end: Tensor, offsets: list[int], lengths: list[int], max_answer_tokens: int
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -373,8 +381,7 @@ def best_spans(
     B, Lr = start.shape
     pos = torch.arange(Lr, device=start.device)
     off = torch.tensor(offsets, device=start.device)[:, None]
-    n = torch.tensor(lengths, device=start.device)[:, None]
-    in_passage = (pos >= off) & (pos < off + n)  # (B, Lr)
+    in_passage = passage_mask(offsets, lengths, Lr, start.device)  # (B, Lr)
     s = start.masked_fill(~in_passage, -math.inf)
     e = end.masked_fill(~in_passage, -math.inf)
     pair = s[:, :, None] + e[:, None, :]  # (B, Lr, Lr)

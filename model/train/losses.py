@@ -9,7 +9,7 @@ import random
 import torch
 import torch.nn.functional as F
 
-from model.qa import DocQAModel, question_rows, reader_rows
+from model.qa import DocQAModel, passage_mask, question_rows, reader_rows
 from model.train.data import CLS_ID, SEP_ID, Documents
 
 
@@ -138,7 +138,7 @@ def reader_loss(
     loss = (F.cross_entropy(start, t_start) + F.cross_entropy(end, t_end)) / 2
     if shared_norm > 0 and has_span.any():
         lengths = [len(p) for p in passages]
-        inside = _passage_mask(offsets, lengths, start.shape[1], device)  # (blocks * B, Lr)
+        inside = passage_mask(offsets, lengths, start.shape[1], device)  # (blocks * B, Lr)
         shared = []
         for logits, target in ((start, off + s_pos), (end, off + e_pos)):
             relative = (logits.float() - logits[:, :1].float()).masked_fill(~inside, -math.inf)
@@ -146,11 +146,3 @@ def reader_loss(
             shared.append(F.cross_entropy(across[has_span], target[has_span]))  # gold block: first Lr
         loss = loss + shared_norm * (shared[0] + shared[1]) / 2
     return loss
-
-
-def _passage_mask(offsets: list[int], lengths: list[int], width: int, device) -> torch.Tensor:
-    """(rows, width) True on each reader row's passage tokens."""
-    pos = torch.arange(width, device=device)
-    off = torch.tensor(offsets, device=device)[:, None]
-    n = torch.tensor(lengths, device=device)[:, None]
-    return (pos >= off) & (pos < off + n)
