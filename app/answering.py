@@ -51,8 +51,19 @@ class Answerer:
         self.aggregate = aggregate
         self.library_index = library_index
 
-    def answer(self, method: str, question: str, doc_ids: list[str], top_k: int, depth: int) -> Answer:
-        """One method's answer over `doc_ids`: `depth` candidates retrieved, `top_k` passages shown."""
+    def answer(
+        self,
+        method: str,
+        question: str,
+        doc_ids: list[str],
+        top_k: int,
+        depth: int,
+        readings: dict | None = None,
+    ) -> Answer:
+        """One method's answer over `doc_ids`: `depth` candidates retrieved, `top_k` passages shown.
+
+        `readings` (a dict kept over the methods of one question) memoises the reader's verdicts on
+        passages read without the BSBR cache: FAISS and its BM25 fusion mostly read the same chunks."""
         start = time.perf_counter()
         candidates, chunk_scores = self._retrieve(method, question, doc_ids, depth)
         if self.engine is None:
@@ -61,7 +72,7 @@ class Answerer:
             ]
             answer = self._sentence_answer(question, evidence, method)
         else:
-            answer = self._read(method, question, candidates, top_k)
+            answer = self._read(method, question, candidates, top_k, readings)
         answer.latency_ms = (time.perf_counter() - start) * 1000
         answer.chunk_scores = chunk_scores
         answer.retrieved = [idx for _, _, idx in candidates]
@@ -88,7 +99,9 @@ class Answerer:
         candidates.sort(key=lambda c: -c[0])
         return candidates[:depth], chunk_scores
 
-    def _read(self, method: str, question: str, candidates: list[Candidate], top_k: int) -> Answer:
+    def _read(
+        self, method: str, question: str, candidates: list[Candidate], top_k: int, memo: dict | None = None
+    ) -> Answer:
         """Read the top read_k candidates, rerank them, answer or abstain.
 
         The rank is the reader's has-answer score; for BSBR plus rerank_retrieval_weight x the
@@ -102,10 +115,13 @@ class Answerer:
         for doc_id in dict.fromkeys(d for _, d, _ in read):
             mine = [(s, i) for s, d, i in read if d == doc_id]
             evidence = [self.library.evidence(doc_id, i, s) for s, i in mine]
-            cache = self.retrievers["bsbr"].cache(doc_id) if bsbr else None
-            for ev, r in zip(
-                evidence, self.engine.read(question, [e.text for e in evidence], cache), strict=True
-            ):
+            if bsbr:
+                verdicts = self.engine.read(
+                    question, [e.text for e in evidence], self.retrievers["bsbr"].cache(doc_id)
+                )
+            else:
+                verdicts = self._read_plain(question, doc_id, [i for _, i in mine], evidence, memo)
+            for ev, r in zip(evidence, verdicts, strict=True):
                 rank = r.score + weight * ev.score if weight else r.score  # ev.score: retrieval's
                 ev.answer_start, ev.answer_end, ev.score = r.char_start, r.char_end, r.score
                 ev.answer_page = self.library.page_of(doc_id, ev.char_start + r.char_start)
@@ -126,6 +142,18 @@ class Answerer:
             return Answer(method, "", best_score, True, 0.0, evidence, kind="span", message=message)
         text = best.text[best.answer_start : best.answer_end]
         return Answer(method, text, best_score, False, 0.0, evidence, kind="span")
+
+    def _read_plain(
+        self, question: str, doc_id: str, indexes: list[int], evidence: list[Evidence], memo: dict | None
+    ) -> list:
+        """The reader's verdicts on chunks of one document read without a cache, each chunk read once
+        per question over the methods sharing `memo` (None: no memo)."""
+        memo = {} if memo is None else memo
+        todo = [k for k, i in enumerate(indexes) if (question, doc_id, i) not in memo]
+        fresh = self.engine.read(question, [evidence[k].text for k in todo], None)
+        for k, verdict in zip(todo, fresh, strict=True):
+            memo[(question, doc_id, indexes[k])] = verdict
+        return [memo[(question, doc_id, i)] for i in indexes]
 
     def _sentence_answer(self, question: str, evidence: list[Evidence], method: str) -> Answer:
         """Without a trained reader: the sentence of the best passage closest to the question."""

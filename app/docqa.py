@@ -54,7 +54,7 @@ class DocQA:
         if self.engine is not None:
             self.retrievers["bsbr"] = BsbrRetriever(self.store, self.engine)
             indexers.append(self.retrievers["bsbr"])
-        self.pipeline = Pipeline(self.store, indexers, self.settings)
+        self.pipeline = Pipeline(self.store, indexers, self.settings, overlap=self.device == "cuda")
         self.library = Library(self.store, on_forget=[r.forget for r in self.retrievers.values()])
         self.read_k = self.settings.read_k or (READ_K_GPU if self.device.startswith("cuda") else READ_K_CPU)
         library_index = FaissLibrary(self.store, self.faiss)  # ingest-many's, where it has built one
@@ -167,7 +167,8 @@ class DocQA:
         if self.engine is None or {"faiss", "hybrid"} & set(methods):
             self.faiss.embedder  # noqa: B018 - load the encoder before any answer's clock starts
         depth = max(top_k, retrieve_k or self.read_k)
-        return [self.answerer.answer(m, question, doc_ids, top_k, depth) for m in methods]
+        readings: dict = {}  # the reader's verdicts, shared by the methods that read without a cache
+        return [self.answerer.answer(m, question, doc_ids, top_k, depth, readings) for m in methods]
 
 
 def _report(stored: Stored) -> IngestReport:

@@ -47,8 +47,8 @@ def model_fingerprint(folder: Path) -> str:
 class QAEngine:
     """Thread-safe wrapper of DocQAModel for the app (inference mode, LoRA merged, fp16 caches on GPU).
 
-    With cpu_bf16, the document pass on a CPU runs under bfloat16 autocast (Settings.cpu_bf16); the
-    question pass and the reader stay fp32 there.
+    With cpu_bf16 (Settings.cpu_bf16), the document pass and the reader run under bfloat16 autocast on a
+    CPU; the question pass that ranks the chunks stays fp32 there (it is one short row).
     """
 
     def __init__(
@@ -100,7 +100,7 @@ class QAEngine:
             row = [tok.cls_token_id, *p[: CHUNK_TOKENS - 2], tok.sep_token_id]
             ids[i, : len(row)] = torch.tensor(row)
         ids = ids.to(self.device)
-        with self._autocast(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cpu_bf16):
+        with self._autocast(), self._cpu_autocast():
             cache = self.model.document_cache(ids, (ids != 0).long(), progress=progress)
         return cache.to("cpu", torch.float16)
 
@@ -124,6 +124,9 @@ class QAEngine:
 
     def _autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+
+    def _cpu_autocast(self):
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cpu_bf16)
 
     def _question(self, question: str) -> list[int]:
         ids = self.tokenizer(question, add_special_tokens=False)["input_ids"]
@@ -152,7 +155,7 @@ class QAEngine:
         ids, mask, types, offsets = reader_rows(
             [q] * len(pieces), pieces, tok.cls_token_id, tok.sep_token_id, self.device
         )
-        with self._autocast():
+        with self._autocast(), self._cpu_autocast():
             start, end = self.model.read(ids, mask, types, cache)
         score, s, e = best_spans(start, end, offsets, [len(p) for p in pieces], self.config.max_answer_tokens)
         out = []

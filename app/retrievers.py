@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from app.engine import QAEngine
 
 FAISS_FILE = "faiss.index"
+QUERY_MEMO = 64  # question vectors FaissRetriever keeps
 ProgressFn = Callable[[int, int], None]
 
 log = logging.getLogger(__name__)
@@ -68,7 +70,8 @@ class FaissRetriever:
         self.cpu_bf16 = cpu_bf16
         self._lock = threading.Lock()
         self._embedder = None
-        self._indexes: dict[str, object] = {}
+        self._indexes: dict[str, tuple[object, np.ndarray, np.ndarray]] = {}
+        self._queries: OrderedDict[str, np.ndarray] = OrderedDict()
 
     @property
     def embedder(self):
@@ -89,11 +92,15 @@ class FaissRetriever:
         return faiss_index.build_index(vectors, np.array([c.index for c in chunks], np.int64)[owners])
 
     def _index(self, doc_id: str):
+        return self._loaded(doc_id)[0]
+
+    def _loaded(self, doc_id: str) -> tuple[object, np.ndarray, np.ndarray]:
+        """A document's index, with its vectors and their chunk ids read out once (for all_scores)."""
         if doc_id not in self._indexes:
             index = faiss_index.load_index(self.store.artifact_path(doc_id, FAISS_FILE))
             if faiss_index.index_format(index) == 1:
                 index = self._upgrade(doc_id)
-            self._indexes[doc_id] = index
+            self._indexes[doc_id] = (index, faiss_index.all_vectors(index), faiss_index.chunk_ids(index))
         return self._indexes[doc_id]
 
     def _upgrade(self, doc_id: str):
@@ -110,19 +117,33 @@ class FaissRetriever:
         return index
 
     def embed_query(self, question: str) -> np.ndarray:
-        return self.embedder.encode([question])[0]
+        """The question's unit vector (read-only), memoised for the last QUERY_MEMO questions: the
+        `faiss` and `hybrid` methods of one question, and the library search, embed it once."""
+        with self._lock:
+            vector = self._queries.get(question)
+            if vector is not None:
+                self._queries.move_to_end(question)
+                return vector
+        vector = self.embedder.encode([question])[0]
+        vector.flags.writeable = False
+        with self._lock:
+            self._queries[question] = vector
+            while len(self._queries) > QUERY_MEMO:
+                self._queries.popitem(last=False)
+        return vector
 
     def top(self, question: str, doc_id: str, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Returns (chunk ids [k], their scores [k], scores of every chunk [n]): distinct chunks, best
         first, each scored by its best window."""
         query = self.embed_query(question)
-        index = self._index(doc_id)
+        index, vectors, chunk_ids = self._loaded(doc_id)
         scores, ids = faiss_index.search(index, query, k)
-        return ids, scores, faiss_index.all_scores(index, query)
+        return ids, scores, faiss_index.all_scores(index, query, vectors, chunk_ids)
 
     def scores(self, question: str, doc_id: str) -> np.ndarray:
         """Scores of every chunk [n] (its best window), without a top-k search."""
-        return faiss_index.all_scores(self._index(doc_id), self.embed_query(question))
+        index, vectors, chunk_ids = self._loaded(doc_id)
+        return faiss_index.all_scores(index, self.embed_query(question), vectors, chunk_ids)
 
     def forget(self, doc_id: str) -> None:
         self._indexes.pop(doc_id, None)

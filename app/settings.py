@@ -58,8 +58,8 @@ class Settings:
             SPACES_ZERO_GPU, set by the Space.
         aggregate: the same answer found in several read passages adds up their scores (log-sum-exp)
             instead of each passage competing alone.  DOCQA_AGGREGATE (1 or 0).
-        cpu_bf16: on a CPU, the FAISS encoder (chunk windows and questions) runs in bfloat16 and the
-            BSBR document pass under bfloat16 autocast; BSBR's question pass and reader stay fp32.
+        cpu_bf16: on a CPU, the FAISS encoder (chunk windows and questions) runs in bfloat16, the
+            BSBR document pass and the reader under bfloat16 autocast; BSBR's question pass stays fp32.
             DOCQA_CPU_BF16 (1, 0 or auto); auto (or unset): on where oneDNN finds bfloat16 instructions
             (AMX or AVX512-BF16), off elsewhere. On this project's 2-core Xeon with AMX, the sample
             book's whole ingest took 18.1 s instead of 43-64 s in fp32 (FAISS windows 5.9 s instead of

@@ -11,6 +11,9 @@ class IngestError(Exception):
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
 
+    def __reduce__(self):  # pickled as (path, reason): errors raised in extraction workers reach the caller
+        return type(self), (self.path, self.reason)
+
 
 class FileMissingError(IngestError):
     """The path does not exist or is not a regular file."""

@@ -3,15 +3,28 @@
 I/O happens in `extract` and the readers it calls; turning page texts into a document
 (`build_document`) and finding paragraph gaps in a PDF page (`text_with_paragraph_gaps`) are pure.
 Every failure is one of the typed errors in ingest.errors, never a pypdf exception.
+
+A PDF of PARALLEL_MIN_PAGES pages or more is read by up to `workers` processes at once, each a
+contiguous range of pages (pypdf is pure Python: threads would not help). Each worker is a fresh
+`python -m ingest.extract_worker` that gets its request and sends its pages back as JSON (nothing is
+pickled, and the caller's main module is never re-run, as multiprocessing would); the limits hold
+across the ranges (one deadline, the characters summed), and a worker that dies (a crash inside the PDF
+parser) fails that document with a one-line error instead of the app.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextvars
+import hashlib
 import io
+import json
 import logging
+import os
 import re
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -75,6 +88,9 @@ PDF_MAX_PAGE_SECONDS = 10.0
 # A damaged file can make pypdf log a line per object it repairs (22,000 for one nested page dictionary);
 # the first few of each extraction go to the log, the rest are only counted.
 _MAX_LOGGED_PDF_WARNINGS = 5
+PARALLEL_MIN_PAGES = 48  # fewer pages: read in this process (a worker's own parse of the file costs more)
+_PAGES_PER_WORKER = 24  # at least this many pages a worker
+MAX_WORKERS = 8
 _MAX_REASON_CHARS = 200
 
 log = logging.getLogger(__name__)
@@ -131,6 +147,7 @@ class Limits:
     max_pages: int | None = None
     max_chars: int | None = None
     max_seconds: float | None = None
+    workers: int | None = None  # processes reading a long PDF (None: default_workers())
 
 
 def extract(
@@ -140,6 +157,7 @@ def extract(
     max_pages: int | None = None,
     max_chars: int | None = None,
     max_seconds: float | None = None,
+    workers: int | None = None,
 ) -> ParsedDocument:
     """Read a PDF (page by page, with pypdf) or a .txt/.md file into one cleaned document.
 
@@ -147,6 +165,8 @@ def extract(
         path: the file.
         password: the password of an encrypted PDF (ignored for text files).
         max_pages, max_chars, max_seconds: see `Limits` (None: no limit).
+        workers: processes reading a long PDF's pages at once (None: default_workers(); 1: this
+            process only). The text is the same either way.
 
     Returns:
         The ParsedDocument; pages without a text layer are kept empty, listed in `scanned_pages` and
@@ -156,7 +176,7 @@ def extract(
         FileMissingError, UnsupportedTypeError, CorruptDocumentError, EncryptedDocumentError,
         EmptyDocumentError, LimitExceededError: see ingest.errors; str(error) is "<file>: <reason>".
     """
-    limits = Limits(max_pages, max_chars, max_seconds)
+    limits = Limits(max_pages, max_chars, max_seconds, workers)
     file, name = Path(path), str(path)
     suffix = file.suffix.lower()
     if not file.exists():
@@ -334,24 +354,11 @@ def _read_pdf(
     reader, n_pages = _open_pdf(data, name, password)
     if limits.max_pages is not None and n_pages > limits.max_pages:
         raise LimitExceededError(name, f"{n_pages:,} pages, over the {limits.max_pages:,}-page limit")
-    pages = _PdfPages()
-    for number in range(1, n_pages + 1):
-        _check_time(name, deadline, limits, number, n_pages)
-        left = limits.max_chars - pages.n_chars if limits.max_chars is not None else None
-        budget = _PageBudget(min(time.monotonic() + PDF_MAX_PAGE_SECONDS, deadline), left)
-        try:
-            pages.add(number, _page_text(reader, number - 1, budget))
-        except _PageStopped as stop:
-            if stop.over_chars:
-                raise LimitExceededError(
-                    name, f"over the {limits.max_chars:,}-character limit at page {number} of {n_pages}"
-                ) from None
-            _check_time(name, deadline, limits, number, n_pages)
-            pages.fail(number, f"page {number} took over {PDF_MAX_PAGE_SECONDS:g} s", slow=True)
-        # pypdf raises many exception types on damaged pages (RecursionError on deep nesting among
-        # them); any of them makes the page unreadable.
-        except Exception as exc:
-            pages.fail(number, _describe(exc))
+    ranges = _page_ranges(n_pages, limits.workers if limits.workers is not None else default_workers())
+    if len(ranges) == 1:
+        pages = _read_pages(reader, name, limits, deadline, 1, n_pages, n_pages)
+    else:
+        pages = _read_in_workers(data, name, password, limits, deadline, ranges, n_pages, seen)
     if len(pages.unreadable) == n_pages:
         raise CorruptDocumentError(name, f"no page could be read ({pages.first_failure})")
     if len(pages.scanned) + len(pages.unreadable) == n_pages and seen.count:
@@ -369,6 +376,139 @@ def _read_pdf(
     return build_document(
         name, title, pages.texts, scanned=pages.scanned, unreadable=pages.unreadable, warnings=warnings
     )
+
+
+def _read_pages(
+    reader: PdfReader, name: str, limits: Limits, deadline: float, first: int, last: int, n_pages: int
+) -> _PdfPages:
+    """Pages first..last (1-based, inclusive) of an open PDF, under the limits."""
+    pages = _PdfPages()
+    for number in range(first, last + 1):
+        _check_time(name, deadline, limits, number, n_pages)
+        left = limits.max_chars - pages.n_chars if limits.max_chars is not None else None
+        budget = _PageBudget(min(time.monotonic() + PDF_MAX_PAGE_SECONDS, deadline), left)
+        try:
+            pages.add(number, _page_text(reader, number - 1, budget))
+        except _PageStopped as stop:
+            if stop.over_chars:
+                raise _over_chars(name, limits, number, n_pages) from None
+            _check_time(name, deadline, limits, number, n_pages)
+            pages.fail(number, f"page {number} took over {PDF_MAX_PAGE_SECONDS:g} s", slow=True)
+        # pypdf raises many exception types on damaged pages (RecursionError on deep nesting among
+        # them); any of them makes the page unreadable.
+        except Exception as exc:
+            pages.fail(number, _describe(exc))
+    return pages
+
+
+def _over_chars(name: str, limits: Limits, number: int, n_pages: int) -> LimitExceededError:
+    return LimitExceededError(
+        name, f"over the {limits.max_chars:,}-character limit at page {number} of {n_pages}"
+    )
+
+
+def default_workers() -> int:
+    """Processes for a long PDF: the CPUs this process may use, at most MAX_WORKERS."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(MAX_WORKERS, cpus))
+
+
+def _page_ranges(n_pages: int, workers: int) -> list[tuple[int, int]]:
+    """Contiguous 1-based (first, last) page ranges, one per worker; one range below PARALLEL_MIN_PAGES
+    pages or for one worker."""
+    n = min(workers, n_pages // _PAGES_PER_WORKER)
+    if n_pages < PARALLEL_MIN_PAGES or n < 2:
+        return [(1, n_pages)]
+    bounds = [n_pages * i // n for i in range(n + 1)]
+    return [(a + 1, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def _read_in_workers(
+    data: bytes, name: str, password: str | None, limits: Limits, deadline: float,
+    ranges: list[tuple[int, int]], n_pages: int, seen: _PdfWarnings,
+) -> _PdfPages:  # fmt: skip
+    """The page ranges read at once by worker processes (`python -m ingest.extract_worker`, one per
+    range, JSON both ways), joined in page order. Each worker may use the whole character budget; the
+    sum is checked here."""
+    left = None if deadline == float("inf") else deadline - time.monotonic()
+    digest = hashlib.sha256(data).hexdigest()  # the worker reads the file again: the same bytes
+    common = {"path": str(Path(name).resolve()), "sha256": digest, "name": name, "password": password,
+              "n_pages": n_pages, "max_chars": limits.max_chars, "max_seconds": limits.max_seconds,
+              "seconds_left": left}  # fmt: skip
+    requests = [{**common, "first": a, "last": b} for a, b in ranges]
+    with concurrent.futures.ThreadPoolExecutor(len(requests)) as threads:
+        replies = list(threads.map(lambda r: _run_worker(r, name), requests))
+    for reply in replies:  # the first range's error is the one a reader in this process would raise
+        if "error" in reply:
+            raise _WORKER_ERRORS[reply["error"]](name, reply["reason"])
+    pages = _PdfPages()
+    for reply in replies:
+        seen.count += reply["warnings"]
+        seen.first = seen.first or reply["first_warning"]
+        for number, text in enumerate(reply["texts"], start=len(pages.texts) + 1):
+            if limits.max_chars is not None and pages.n_chars + len(text) > limits.max_chars:
+                raise _over_chars(name, limits, number, n_pages)
+            pages.texts.append(text)
+            pages.n_chars += len(text)
+        pages.scanned += reply["scanned"]
+        pages.unreadable += reply["unreadable"]
+        pages.slow += reply["slow"]
+        pages.first_failure = pages.first_failure or reply["first_failure"]
+    return pages
+
+
+_WORKER_ERRORS = {
+    cls.__name__: cls for cls in (CorruptDocumentError, EncryptedDocumentError, LimitExceededError)
+}
+
+
+def _run_worker(request: dict, name: str) -> dict:
+    """One worker process's reply to `request`; a worker that dies is a one-line CorruptDocumentError."""
+    root = str(Path(__file__).resolve().parents[1])  # so that the child finds this package
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run(
+        [sys.executable, "-m", "ingest.extract_worker"],
+        input=json.dumps(request).encode(),
+        capture_output=True,
+        env=env,
+        check=False,
+    )
+    try:
+        reply = json.loads(result.stdout)
+    except ValueError:
+        reply = None
+    if result.returncode != 0 or not isinstance(reply, dict):
+        raise CorruptDocumentError(
+            name, f"the PDF reader crashed on this file (exit code {result.returncode})"
+        )
+    return reply
+
+
+def read_range(request: dict) -> dict:
+    """What a worker does with one request (ingest/extract_worker.py): read pages first..last of the PDF
+    at request["path"]; the reply holds the page texts and what went wrong, or one typed error."""
+    name = request["name"]
+    left = request["seconds_left"]
+    deadline = time.monotonic() + left if left is not None else float("inf")
+    limits = Limits(max_chars=request["max_chars"], max_seconds=request["max_seconds"])
+    try:
+        with _pdf_session(name) as seen:
+            data = _read_bytes(Path(request["path"]), name)
+            if hashlib.sha256(data).hexdigest() != request["sha256"]:
+                raise CorruptDocumentError(name, "the file changed while it was being read")
+            reader, _ = _open_pdf(data, name, request["password"])
+            pages = _read_pages(
+                reader, name, limits, deadline, request["first"], request["last"], request["n_pages"]
+            )
+    except IngestError as exc:
+        return {"error": type(exc).__name__, "reason": exc.reason}
+    return {
+        "texts": pages.texts, "scanned": pages.scanned, "unreadable": pages.unreadable, "slow": pages.slow,
+        "first_failure": pages.first_failure, "warnings": seen.count, "first_warning": seen.first,
+    }  # fmt: skip
 
 
 @dataclass

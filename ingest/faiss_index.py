@@ -19,6 +19,7 @@ index: scripts/bench_ivf.py).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
@@ -101,9 +102,24 @@ def index_format(index: faiss.Index) -> int:
 
 
 def all_vectors(index: faiss.Index) -> np.ndarray:
-    """Every stored vector [ntotal, d], in insertion order (flat and HNSW indexes, either format)."""
+    """Every stored vector [ntotal, d], in insertion order (flat and HNSW indexes, either format): a
+    copy (a view of the index's memory would outlive the wrapper that `downcast_index` returns)."""
     storage = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
     return storage.reconstruct_n(0, index.ntotal)
+
+
+@contextlib.contextmanager
+def one_thread():
+    """FAISS's OpenMP on one thread for this thread's searches (OpenMP's thread count is per calling
+    thread). One query against a document's flat index takes 0.27 ms on one thread and 0.67 ms on two
+    here; on a 16-core GPU host the idle OpenMP workers kept spinning after each search and slowed the
+    tokenizer and PyTorch that run next in the same question (docs/BENCHMARKS.md, issue 22)."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def chunk_ids(index: faiss.Index) -> np.ndarray:
@@ -133,7 +149,8 @@ def search(index: faiss.Index, query: np.ndarray, k: int) -> tuple[np.ndarray, n
     while True:
         if fetch <= 0:
             return np.zeros(0, np.float32), np.zeros(0, np.int64)
-        scores, ids = index.search(query, fetch)
+        with one_thread():
+            scores, ids = index.search(query, fetch)
         keep = ids[0] >= 0
         scores, ids = scores[0][keep], ids[0][keep]
         _, first = np.unique(ids, return_index=True)  # results come best first: keep each id's first
@@ -144,10 +161,16 @@ def search(index: faiss.Index, query: np.ndarray, k: int) -> tuple[np.ndarray, n
         fetch = min(fetch * _OVERFETCH, index.ntotal)
 
 
-def all_scores(index: faiss.Index, query: np.ndarray) -> np.ndarray:
-    """Similarity of the query to every chunk (its best vector), in chunk order ("where it looked")."""
-    sims = all_vectors(index) @ query.astype(np.float32)
-    ids = chunk_ids(index)
+def all_scores(
+    index: faiss.Index, query: np.ndarray, vectors: np.ndarray | None = None, ids: np.ndarray | None = None
+) -> np.ndarray:
+    """Similarity of the query to every chunk (its best vector), in chunk order ("where it looked").
+
+    vectors, ids: all_vectors(index) and chunk_ids(index), if the caller keeps them (a book's few
+    thousand vectors are then not copied out of the index for every question)."""
+    vectors = all_vectors(index) if vectors is None else vectors
+    ids = chunk_ids(index) if ids is None else ids
+    sims = vectors @ query.astype(np.float32)
     if len(ids) == 0:
         return sims
     order = np.argsort(ids, kind="stable")

@@ -35,6 +35,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
@@ -343,20 +344,17 @@ def reader_rows(
         ids, mask, token types (B, Lr) padded to the longest row, and for each row the position of
         the passage's first token (passage token i sits at offsets[row] + i).
     """
-    rows, types, offsets = [], [], []
-    for q, p in zip(questions, passages, strict=True):
-        rows.append([cls_id, *q, sep_id, *p, sep_id])
-        types.append([0] * (len(q) + 2) + [1] * (len(p) + 1))
+    lengths = [len(q) + len(p) + 3 for q, p in zip(questions, passages, strict=True)]
+    ids = np.zeros((len(lengths), max(lengths)), dtype=np.int64)  # filled on the host, one copy over
+    tt = np.zeros_like(ids)
+    offsets = []
+    for i, (q, p) in enumerate(zip(questions, passages, strict=True)):
+        ids[i, : lengths[i]] = [cls_id, *q, sep_id, *p, sep_id]
+        tt[i, len(q) + 2 : lengths[i]] = 1
         offsets.append(len(q) + 2)
-    width = max(len(r) for r in rows)
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    tt = torch.zeros_like(ids)
-    for i, (r, t) in enumerate(zip(rows, types, strict=True)):
-        ids[i, : len(r)] = torch.tensor(r)
-        mask[i, : len(r)] = 1
-        tt[i, : len(t)] = torch.tensor(t)
-    return ids.to(device), mask.to(device), tt.to(device), offsets
+    mask = (np.arange(ids.shape[1]) < np.array(lengths)[:, None]).astype(np.int64)
+    ids, mask, tt = (torch.from_numpy(x).to(device) for x in (ids, mask, tt))
+    return ids, mask, tt, offsets
 
 
 def passage_mask(offsets: list[int], lengths: list[int], width: int, device) -> Tensor:

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,55 @@ def test_hybrid_answers_from_the_fused_ranking_and_faiss_from_faiss_alone(qa, tm
         [dense] = qa.ask(question, docs=[doc], methods=["dense"], top_k=3, retrieve_k=n)
     assert dense.method == "faiss" and dense.retrieved == faiss.retrieved
     qa.delete(doc)
+
+
+def test_methods_of_one_question_read_each_plain_chunk_once(qa, tmp_path, monkeypatch):
+    from tests.app.test_retrievers import ESTATE, NEWS, _pdf
+
+    doc = qa.add(_pdf(tmp_path / "shared.pdf", [ESTATE * 3, NEWS, ESTATE * 3, ESTATE * 2]))
+    question = "What estate has been let at last?"
+    methods = ["faiss", "hybrid", "bm25", "bsbr"]
+    alone = {m: qa.ask(question, docs=[doc], methods=[m], top_k=3)[0] for m in methods}
+    read, real = [], qa.engine.read
+    monkeypatch.setattr(
+        qa.engine, "read", lambda q, texts, cache: read.append((texts, cache)) or real(q, texts, cache)
+    )
+    together = qa.ask(question, docs=[doc], methods=methods, top_k=3)
+    plain = [text for texts, cache in read if cache is None for text in texts]
+    # each chunk read once without the cache, not once per method (identical pages: count, not texts)
+    assert len(plain) == len({i for m in methods[:3] for i in alone[m].retrieved[: qa.read_k]})
+    assert sum(cache is not None for _, cache in read) == 1  # BSBR reads against its cache, apart
+    for method, answer in zip(methods, together, strict=True):
+        assert answer.answer == alone[method].answer
+        assert [e.chunk_index for e in answer.evidence] == [e.chunk_index for e in alone[method].evidence]
+    qa.delete(doc)
+
+
+def test_overlapped_index_stages_store_what_the_sequential_ones_do(qa, pdf, doc_id, tmp_path):
+    other = DocQA(home=tmp_path / "overlap", device="cpu")
+    other.pipeline.overlap = True  # what DocQA does on a GPU
+    spans = {}
+    for indexer in other.pipeline.indexers:
+        real = indexer.index
+
+        def timed(chunks, progress, real=real, stage=indexer.stage):
+            start = time.perf_counter()
+            out = real(chunks, progress)
+            spans[stage] = (start, time.perf_counter())
+            return out
+
+        indexer.index = timed
+    assert other.add(pdf) == doc_id
+    (a0, a1), (b0, b1) = spans.values()
+    assert len(spans) == 2 and a0 < b1 and b0 < a1  # the two stages ran at the same time
+    question = "Who is the lighthouse keeper of Brightwater?"
+    for mine, theirs in zip(
+        other.ask(question, methods=["bsbr", "faiss"]),
+        qa.ask(question, methods=["bsbr", "faiss"]),
+        strict=True,
+    ):
+        assert mine.answer == theirs.answer
+        assert mine.chunk_scores[doc_id] == pytest.approx(theirs.chunk_scores[doc_id], abs=1e-4)
 
 
 def test_bad_requests_raise_typed_one_line_errors(qa, doc_id, tmp_path):

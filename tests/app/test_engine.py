@@ -1,4 +1,5 @@
-"""QAEngine with the shipped weights: the document pass under bfloat16 autocast (cpu_bf16) on a CPU."""
+"""QAEngine with the shipped weights: the document pass and the reader under bfloat16 autocast (cpu_bf16)
+on a CPU."""
 
 from __future__ import annotations
 
@@ -70,6 +71,20 @@ def test_bf16_cache_ranks_the_chunks_as_the_fp32_cache(chunks, engines):
         assert s_exact.argmax() == s_fast.argmax()
         assert torch.corrcoef(torch.stack([s_exact, s_fast]))[0, 1] > 0.99
         assert torch.equal(s_exact, exact_engine.retrieval_scores(question, exact))  # deterministic
+
+
+def test_bf16_reader_reads_the_spans_of_the_fp32_reader(chunks, engines):
+    exact_engine, fast_engine = engines
+    cache = exact_engine.build_cache(chunks).to("cpu", torch.float32)
+    passages = [c.text for c in chunks]
+    for question in ("When does the harbour office of town 5 open?", "Who keeps the office of town 2?"):
+        exact = exact_engine.read(question, passages, cache)
+        fast = fast_engine.read(question, passages, cache)
+        best = max(range(len(exact)), key=lambda i: exact[i].score)
+        assert max(range(len(fast)), key=lambda i: fast[i].score) == best
+        assert (fast[best].char_start, fast[best].char_end) == (exact[best].char_start, exact[best].char_end)
+        assert all(abs(f.score - e.score) < 0.5 for f, e in zip(fast, exact, strict=True))
+        assert any(f.score != e.score for f, e in zip(fast, exact, strict=True))  # bf16 arithmetic
 
 
 @pytest.mark.parametrize("on", [True, False], ids=["on", "off"])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pypdf
@@ -14,6 +16,7 @@ from ingest.errors import (
     EncryptedDocumentError,
     FileMissingError,
     IngestError,
+    LimitExceededError,
     UnsupportedTypeError,
 )
 from ingest.extract import build_document, extract, text_with_paragraph_gaps
@@ -326,3 +329,105 @@ def test_paragraph_gaps_need_a_clear_jump() -> None:
 
 def test_too_few_lines_for_a_pitch_are_joined_as_they_are() -> None:
     assert text_with_paragraph_gaps([("a", 100.0), ("\n", None), ("b", 50.0)]) == "a\nb"
+
+
+# Long PDFs: pages read by several processes
+
+
+def _long_pages(n: int) -> list[str | None]:
+    """n pages of distinct prose (no line repeats, so nothing reads as a running header), each with a
+    mark naming its number; every 17th page scanned."""
+    rng = random.Random(n)
+    words = [
+        "harbour",
+        "ferry",
+        "lantern",
+        "orchard",
+        "meadow",
+        "quarry",
+        "bridge",
+        "mill",
+        "chapel",
+        "market",
+        "tide",
+        "cliff",
+    ]
+
+    def prose() -> str:
+        return " ".join(rng.choice(words) for _ in range(40))
+
+    return [None if i % 17 == 0 else f"{prose()}\n\n{prose()} mark{i}z." for i in range(1, n + 1)]
+
+
+def test_a_long_pdf_reads_the_same_in_workers_as_in_this_process(make_pdf) -> None:
+    from ingest import extract as module
+
+    path = make_pdf(_long_pages(module.PARALLEL_MIN_PAGES + 13))
+    assert len(module._page_ranges(module.PARALLEL_MIN_PAGES + 13, 3)) == 2  # 61 pages, 24 per worker
+    alone, together = extract(path, workers=1), extract(path, workers=3)
+    assert together == alone
+    assert together.scanned_pages == [17, 34, 51] and _page_of(together, "mark44z") == 44
+    assert any("no text layer" in w for w in together.warnings)
+
+
+def test_page_ranges_cover_every_page_once_in_order() -> None:
+    from ingest.extract import PARALLEL_MIN_PAGES, _page_ranges
+
+    assert _page_ranges(PARALLEL_MIN_PAGES - 1, 8) == [(1, PARALLEL_MIN_PAGES - 1)]
+    assert _page_ranges(421, 1) == [(1, 421)]
+    ranges = _page_ranges(421, 8)
+    assert len(ranges) == 8 and ranges[0][0] == 1 and ranges[-1][1] == 421
+    assert all(b + 1 == c for (_, b), (c, _) in zip(ranges, ranges[1:], strict=False))
+    assert len(_page_ranges(100, 8)) == 4  # at least 24 pages a worker
+
+
+def test_the_character_limit_holds_across_workers(make_pdf) -> None:
+    path = make_pdf(_long_pages(60))
+    with pytest.raises(LimitExceededError, match="character limit at page") as info:
+        extract(path, workers=3, max_chars=1500)  # each worker's range alone is under it
+    _assert_one_line_naming(info.value, path)
+    with pytest.raises(LimitExceededError, match="reading took over 0 s"):
+        extract(path, workers=3, max_seconds=0)
+
+
+def test_ingest_errors_rebuild_from_their_reduce_tuple() -> None:
+    # how a worker's error crosses back to the caller (multiprocessing rebuilds it from __reduce__)
+    original = LimitExceededError("book.pdf", "too long")
+    cls, args = original.__reduce__()
+    error = cls(*args)
+    assert type(error) is LimitExceededError and str(error) == "book.pdf: too long"
+    assert (error.path, error.reason) == ("book.pdf", "too long")
+
+
+def test_a_script_without_a_main_guard_can_read_a_long_pdf(make_pdf, tmp_path) -> None:
+    # workers never re-run the caller's main module (multiprocessing's spawn and forkserver would)
+    path = make_pdf(_long_pages(60))
+    script = tmp_path / "read.py"
+    script.write_text(
+        f"from ingest.extract import extract\nprint(extract({str(path)!r}, workers=2).n_pages)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=root, check=True)
+    assert out.stdout.split() == ["60"]
+
+
+def test_a_worker_that_dies_is_a_one_line_corrupt_document(make_pdf, monkeypatch) -> None:
+    from ingest import extract as module
+
+    path = make_pdf(_long_pages(60))
+    monkeypatch.setattr(module.sys, "executable", "/bin/false")  # every worker exits with 1 at once
+    with pytest.raises(
+        CorruptDocumentError, match=r"the PDF reader crashed on this file \(exit code 1\)"
+    ) as info:
+        extract(path, workers=2)
+    _assert_one_line_naming(info.value, path)
+
+
+def test_a_worker_refuses_a_file_that_changed(make_pdf) -> None:
+    from ingest.extract import read_range
+
+    path = make_pdf(_long_pages(60))
+    request = dict(path=str(path), sha256="0" * 64, name=str(path), password=None, n_pages=60)
+    request |= dict(max_chars=None, max_seconds=None, seconds_left=None, first=1, last=30)
+    reply = read_range(request)
+    assert reply == {"error": "CorruptDocumentError", "reason": "the file changed while it was being read"}

@@ -107,3 +107,24 @@ def test_library_index_returns_the_given_labels(kind):
     _, found = search(index, query, 10)  # nprobe == nlist: the IVF search is exact
     best = _best_per_chunk(vectors, ids, query)
     np.testing.assert_array_equal(found, 1000 + np.argsort(-best, kind="stable")[:10])
+
+
+def test_all_scores_from_kept_vectors_equal_those_read_from_the_index():
+    vectors, ids, query = _windows(30, [2, 3])
+    index = build_index(vectors, ids)
+    kept = faiss_index.all_vectors(index), chunk_ids(index)
+    np.testing.assert_array_equal(all_scores(index, query, *kept), all_scores(index, query))
+    np.testing.assert_allclose(
+        all_scores(index, query, *kept), _best_per_chunk(vectors, ids, query), rtol=1e-5
+    )
+
+
+def test_searches_run_on_one_openmp_thread_and_restore_the_count():
+    vectors, ids, query = _windows(30, [2, 3])
+    index = build_index(vectors, ids)
+    before = faiss.omp_get_max_threads()
+    seen = []
+    real = index.search
+    index.search = lambda q, k: seen.append(faiss.omp_get_max_threads()) or real(q, k)
+    search(index, query, 5)
+    assert seen == [1] and faiss.omp_get_max_threads() == before
