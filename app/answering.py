@@ -147,13 +147,13 @@ class Answerer:
         self, question: str, doc_id: str, indexes: list[int], evidence: list[Evidence], memo: dict | None
     ) -> list:
         """The reader's verdicts on chunks of one document read without a cache, each chunk read once
-        per question over the methods sharing `memo` (None: no memo)."""
+        over the methods of one question that share `memo` ((doc id, chunk) -> verdict; None: none)."""
         memo = {} if memo is None else memo
-        todo = [k for k, i in enumerate(indexes) if (question, doc_id, i) not in memo]
+        todo = [k for k, i in enumerate(indexes) if (doc_id, i) not in memo]
         fresh = self.engine.read(question, [evidence[k].text for k in todo], None)
         for k, verdict in zip(todo, fresh, strict=True):
-            memo[(question, doc_id, indexes[k])] = verdict
-        return [memo[(question, doc_id, i)] for i in indexes]
+            memo[(doc_id, indexes[k])] = verdict
+        return [memo[(doc_id, i)] for i in indexes]
 
     def _sentence_answer(self, question: str, evidence: list[Evidence], method: str) -> Answer:
         """Without a trained reader: the sentence of the best passage closest to the question."""

@@ -168,7 +168,8 @@ class DocQA:
             self.faiss.embedder  # noqa: B018 - load the encoder before any answer's clock starts
         depth = max(top_k, retrieve_k or self.read_k)
         readings: dict = {}  # the reader's verdicts, shared by the methods that read without a cache
-        return [self.answerer.answer(m, question, doc_ids, top_k, depth, readings) for m in methods]
+        with self.faiss.one_question():
+            return [self.answerer.answer(m, question, doc_ids, top_k, depth, readings) for m in methods]
 
 
 def _report(stored: Stored) -> IngestReport:

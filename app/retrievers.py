@@ -14,13 +14,13 @@ The ones that keep files per document (FAISS, BSBR) are also the ingest pipeline
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import os
 import threading
-from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
     from app.engine import QAEngine
 
 FAISS_FILE = "faiss.index"
-QUERY_MEMO = 64  # question vectors FaissRetriever keeps
 ProgressFn = Callable[[int, int], None]
 
 log = logging.getLogger(__name__)
@@ -71,7 +70,7 @@ class FaissRetriever:
         self._lock = threading.Lock()
         self._embedder = None
         self._indexes: dict[str, tuple[object, np.ndarray, np.ndarray]] = {}
-        self._queries: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._asking = threading.local()  # .vectors inside one_question()
 
     @property
     def embedder(self):
@@ -116,20 +115,23 @@ class FaissRetriever:
         self.store.put_artifact(doc_id, FAISS_FILE, lambda path: faiss_index.save_index(index, path))
         return index
 
+    @contextlib.contextmanager
+    def one_question(self) -> Iterator[None]:
+        """Within it (one ask, in this thread), each question is embedded once: the `faiss` and
+        `hybrid` methods and the library search share the vector."""
+        self._asking.vectors = {}
+        try:
+            yield
+        finally:
+            del self._asking.vectors
+
     def embed_query(self, question: str) -> np.ndarray:
-        """The question's unit vector (read-only), memoised for the last QUERY_MEMO questions: the
-        `faiss` and `hybrid` methods of one question, and the library search, embed it once."""
-        with self._lock:
-            vector = self._queries.get(question)
-            if vector is not None:
-                self._queries.move_to_end(question)
-                return vector
+        vectors = getattr(self._asking, "vectors", None)
+        if vectors is not None and question in vectors:
+            return vectors[question]
         vector = self.embedder.encode([question])[0]
-        vector.flags.writeable = False
-        with self._lock:
-            self._queries[question] = vector
-            while len(self._queries) > QUERY_MEMO:
-                self._queries.popitem(last=False)
+        if vectors is not None:
+            vectors[question] = vector
         return vector
 
     def top(self, question: str, doc_id: str, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -443,7 +443,7 @@ def _read_in_workers(
         replies = list(threads.map(lambda r: _run_worker(r, name), requests))
     for reply in replies:  # the first range's error is the one a reader in this process would raise
         if "error" in reply:
-            raise _WORKER_ERRORS[reply["error"]](name, reply["reason"])
+            raise _WORKER_ERRORS.get(reply["error"], CorruptDocumentError)(name, reply["reason"])
     pages = _PdfPages()
     for reply in replies:
         seen.count += reply["warnings"]
@@ -460,9 +460,7 @@ def _read_in_workers(
     return pages
 
 
-_WORKER_ERRORS = {
-    cls.__name__: cls for cls in (CorruptDocumentError, EncryptedDocumentError, LimitExceededError)
-}
+_WORKER_ERRORS = {cls.__name__: cls for cls in IngestError.__subclasses__()}  # a worker's error by name
 
 
 def _run_worker(request: dict, name: str) -> dict:

@@ -164,18 +164,18 @@ def test_bm25s_is_imported_with_jax_kept_off_the_gpu(monkeypatch):
     assert os.environ["JAX_PLATFORMS"] == "cuda"  # a platform the environment chose stands
 
 
-def test_question_vectors_are_memoised_read_only_and_bounded(retriever, monkeypatch):
-    from app import retrievers
-
+def test_a_question_is_embedded_once_per_ask_and_afresh_in_the_next(retriever, monkeypatch):
     calls = []
     real = retriever.embedder.encode
     monkeypatch.setattr(retriever.embedder, "encode", lambda texts: calls.append(texts) or real(texts))
-    monkeypatch.setattr(retrievers, "QUERY_MEMO", 2)
-    first = retriever.embed_query("Which ferry leaves at noon?")
-    assert retriever.embed_query("Which ferry leaves at noon?") is first and len(calls) == 1
-    assert not first.flags.writeable
-    np.testing.assert_allclose(first, real(["Which ferry leaves at noon?"])[0], rtol=1e-5, atol=1e-6)
-    retriever.embed_query("a second question")
-    retriever.embed_query("a third question")  # the first drops out
-    retriever.embed_query("Which ferry leaves at noon?")
+    question = "Which ferry leaves at noon?"
+    with retriever.one_question():
+        first = retriever.embed_query(question)
+        assert retriever.embed_query(question) is first and len(calls) == 1
+        retriever.embed_query("another question")
+        assert len(calls) == 2
+    np.testing.assert_allclose(first, real([question])[0], rtol=1e-5, atol=1e-6)
+    retriever.embed_query(question)  # outside an ask: no memo
+    with retriever.one_question():
+        retriever.embed_query(question)
     assert len(calls) == 4

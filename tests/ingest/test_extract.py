@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import subprocess
 import sys
@@ -407,7 +408,8 @@ def test_a_script_without_a_main_guard_can_read_a_long_pdf(make_pdf, tmp_path) -
         f"from ingest.extract import extract\nprint(extract({str(path)!r}, workers=2).n_pages)\n"
     )
     root = Path(__file__).resolve().parents[2]
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=root, check=True)
+    env = {**os.environ, "PYTHONPATH": str(root)}  # a user's script that finds the package
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.split() == ["60"]
 
 
@@ -431,3 +433,14 @@ def test_a_worker_refuses_a_file_that_changed(make_pdf) -> None:
     request |= dict(max_chars=None, max_seconds=None, seconds_left=None, first=1, last=30)
     reply = read_range(request)
     assert reply == {"error": "CorruptDocumentError", "reason": "the file changed while it was being read"}
+
+
+def test_a_worker_names_any_typed_error_and_the_caller_raises_that_type(tmp_path) -> None:
+    from ingest.extract import _WORKER_ERRORS, read_range
+
+    request = dict(
+        path=str(tmp_path / "gone.pdf"), sha256="0" * 64, name="gone.pdf", password=None, n_pages=60
+    )
+    request |= dict(max_chars=None, max_seconds=None, seconds_left=None, first=1, last=30)
+    reply = read_range(request)
+    assert reply["error"] == "FileMissingError" and _WORKER_ERRORS[reply["error"]] is FileMissingError
