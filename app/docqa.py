@@ -54,7 +54,7 @@ class DocQA:
         if self.engine is not None:
             self.retrievers["bsbr"] = BsbrRetriever(self.store, self.engine)
             indexers.append(self.retrievers["bsbr"])
-        self.pipeline = Pipeline(self.store, indexers, self.settings, overlap=self.device == "cuda")
+        self.pipeline = Pipeline(self.store, indexers, self.settings)
         self.library = Library(self.store, on_forget=[r.forget for r in self.retrievers.values()])
         self.read_k = self.settings.read_k or (READ_K_GPU if self.device.startswith("cuda") else READ_K_CPU)
         library_index = FaissLibrary(self.store, self.faiss)  # ingest-many's, where it has built one

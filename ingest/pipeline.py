@@ -10,7 +10,6 @@ Nothing here imports the models: the indexers are handed in (app/retrievers.py m
 
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import threading
 import time
@@ -153,17 +152,13 @@ class Pipeline:
     ingested twice at once is stored once, while different documents ingest side by side (a visitor's
     upload never waits for the sample book).
 
-    With `overlap`, the indexers run at once, one thread each (on a GPU: one's tokenisation and Python
-    overlap the other's kernels; on a CPU each pass already uses every core, so they run in turn). Each
-    stage's timing is then its own wall time, and the stages' sum exceeds the document's seconds."""
+    The indexers run in turn: running them at once in threads made the book's ingest slower on an H100
+    (2.5-2.7 s against 1.75-1.86 s, docs/BENCHMARKS.md)."""
 
-    def __init__(
-        self, store: DocumentStore, indexers: Sequence[Indexer], limits: Limits, overlap: bool = False
-    ) -> None:
+    def __init__(self, store: DocumentStore, indexers: Sequence[Indexer], limits: Limits) -> None:
         self.store = store
         self.indexers = list(indexers)
         self.limits = limits
-        self.overlap = overlap
         self._locks_lock = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
 
@@ -223,12 +218,8 @@ class Pipeline:
             t = time.perf_counter()
             return indexer.index(prepared.chunks, _stage(progress, indexer.stage)), time.perf_counter() - t
 
-        if self.overlap and len(self.indexers) > 1:
-            with concurrent.futures.ThreadPoolExecutor(len(self.indexers)) as threads:
-                results = list(threads.map(run, self.indexers))
-        else:
-            results = [run(indexer) for indexer in self.indexers]
-        for indexer, (writers, seconds) in zip(self.indexers, results, strict=True):
+        for indexer in self.indexers:
+            writers, seconds = run(indexer)
             artifacts.update(writers)
             timings[indexer.stage] = seconds
         self.store.add(prepared.doc_id, prepared.parsed, prepared.chunks, artifacts, owner, timings)

@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -102,33 +101,6 @@ def test_methods_of_one_question_read_each_plain_chunk_once(qa, tmp_path, monkey
         assert answer.answer == alone[method].answer
         assert [e.chunk_index for e in answer.evidence] == [e.chunk_index for e in alone[method].evidence]
     qa.delete(doc)
-
-
-def test_overlapped_index_stages_store_what_the_sequential_ones_do(qa, pdf, doc_id, tmp_path):
-    other = DocQA(home=tmp_path / "overlap", device="cpu")
-    other.pipeline.overlap = True  # what DocQA does on a GPU
-    spans = {}
-    for indexer in other.pipeline.indexers:
-        real = indexer.index
-
-        def timed(chunks, progress, real=real, stage=indexer.stage):
-            start = time.perf_counter()
-            out = real(chunks, progress)
-            spans[stage] = (start, time.perf_counter())
-            return out
-
-        indexer.index = timed
-    assert other.add(pdf) == doc_id
-    (a0, a1), (b0, b1) = spans.values()
-    assert len(spans) == 2 and a0 < b1 and b0 < a1  # the two stages ran at the same time
-    question = "Who is the lighthouse keeper of Brightwater?"
-    for mine, theirs in zip(
-        other.ask(question, methods=["bsbr", "faiss"]),
-        qa.ask(question, methods=["bsbr", "faiss"]),
-        strict=True,
-    ):
-        assert mine.answer == theirs.answer
-        assert mine.chunk_scores[doc_id] == pytest.approx(theirs.chunk_scores[doc_id], abs=1e-4)
 
 
 def test_bad_requests_raise_typed_one_line_errors(qa, doc_id, tmp_path):
