@@ -112,15 +112,15 @@ class Answerer:
         bsbr = method == "bsbr"
         weight = self.engine.rerank_retrieval_weight if bsbr else 0.0
         readings: list[tuple[float, Evidence]] = []
-        for doc_id in dict.fromkeys(d for _, d, _ in read):
+        documents = list(dict.fromkeys(d for _, d, _ in read))
+        for doc_id in documents:
             mine = [(s, i) for s, d, i in read if d == doc_id]
             evidence = [self.library.evidence(doc_id, i, s) for s, i in mine]
+            passages = self._passages(doc_id, [i for _, i in mine], evidence, whole=len(documents) == 1)
             if bsbr:
-                verdicts = self.engine.read(
-                    question, [e.text for e in evidence], self.retrievers["bsbr"].cache(doc_id)
-                )
+                verdicts = self.engine.read(question, passages, self.retrievers["bsbr"].cache(doc_id))
             else:
-                verdicts = self._read_plain(question, doc_id, [i for _, i in mine], evidence, memo)
+                verdicts = self._read_plain(question, doc_id, [i for _, i in mine], passages, memo)
             for ev, r in zip(evidence, verdicts, strict=True):
                 rank = r.score + weight * ev.score if weight else r.score  # ev.score: retrieval's
                 ev.answer_start, ev.answer_end, ev.score = r.char_start, r.char_end, r.score
@@ -143,14 +143,26 @@ class Answerer:
         text = best.text[best.answer_start : best.answer_end]
         return Answer(method, text, best_score, False, 0.0, evidence, kind="span")
 
+    def _passages(self, doc_id: str, indexes: list[int], evidence: list[Evidence], whole: bool) -> list:
+        """The reader's tokens of chunks `indexes` (`evidence`: their passages). From the engine's memo
+        of whole documents: a question that reads one document has its document tokenized once, for
+        every later question; one that reads several (a library question, whose documents may be
+        many) tokenizes just its passages, unless their document is in the memo already."""
+        texts = (lambda: self.library.texts(doc_id)) if whole else None
+        tokens = self.engine.document_passages(doc_id, texts)
+        if tokens is None:
+            return self.engine.tokenize([e.text for e in evidence])
+        return [tokens[i] for i in indexes]
+
     def _read_plain(
-        self, question: str, doc_id: str, indexes: list[int], evidence: list[Evidence], memo: dict | None
+        self, question: str, doc_id: str, indexes: list[int], passages: list, memo: dict | None
     ) -> list:
-        """The reader's verdicts on chunks of one document read without a cache, each chunk read once
-        over the methods of one question that share `memo` ((doc id, chunk) -> verdict; None: none)."""
+        """The reader's verdicts on chunks of one document read without a cache (`passages`: their
+        tokens), each chunk read once over the methods of one question that share `memo` ((doc id,
+        chunk) -> verdict; None: none)."""
         memo = {} if memo is None else memo
         todo = [k for k, i in enumerate(indexes) if (doc_id, i) not in memo]
-        fresh = self.engine.read(question, [evidence[k].text for k in todo], None)
+        fresh = self.engine.read(question, [passages[k] for k in todo], None)
         for k, verdict in zip(todo, fresh, strict=True):
             memo[(doc_id, indexes[k])] = verdict
         return [memo[(doc_id, i)] for i in indexes]

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ingest.chunk import CHUNK_TOKENS
@@ -24,6 +25,11 @@ from ingest.types import Chunk
 from model.encoder import DocumentCache
 from model.qa import DocQAModel, best_spans, question_rows, reader_rows
 
+PASSAGE_DOCUMENTS = 16  # documents whose chunks the engine keeps tokenized (~2.5 MB for a book)
+# reader rows per batch on a CPU (QAEngine.read), without and with a document cache (each batch reads the
+# cache's states once a layer: a book's 16 reads took 414 / 452 / 511 ms without one in batches of
+# 4 / 8 / 16 rows, 548 / 504 / 570 ms with one, 2 cores)
+CPU_READ_ROWS, CPU_READ_ROWS_CACHED = 4, 8
 CACHE_PREFIX = "bsbr_cache"  # a stored document's BSBR cache: bsbr_cache.<model fingerprint>.safetensors
 
 
@@ -34,6 +40,15 @@ class Reading:
     score: float
     char_start: int
     char_end: int
+
+
+@dataclass(frozen=True)
+class Passage:
+    """A passage as the reader takes it: its word-pieces (at most passage_tokens) and each piece's
+    (start, end) char span in the passage text."""
+
+    ids: np.ndarray  # (n,) int32
+    spans: np.ndarray  # (n, 2) int32
 
 
 def model_fingerprint(folder: Path) -> str:
@@ -63,6 +78,7 @@ class QAEngine:
         self._lock = threading.Lock()
         self._caches: OrderedDict[str, DocumentCache] = OrderedDict()
         self._cached_documents = cached_documents
+        self._passages: OrderedDict[str, list[Passage]] = OrderedDict()
         if self.device.type == "cpu":
             torch.set_num_threads(max(1, os.cpu_count() or 1))
 
@@ -121,6 +137,34 @@ class QAEngine:
     def forget(self, doc_id: str) -> None:
         with self._lock:
             self._caches.pop(doc_id, None)
+            self._passages.pop(doc_id, None)
+
+    def tokenize(self, passages: list[str]) -> list[Passage]:
+        """The passages as the reader takes them (one batched call of the fast tokenizer)."""
+        enc = self.tokenizer(passages, add_special_tokens=False, return_offsets_mapping=True)
+        n = self.config.passage_tokens
+        return [
+            Passage(np.asarray(ids[:n], dtype=np.int32), np.asarray(spans[:n], dtype=np.int32).reshape(-1, 2))
+            for ids, spans in zip(enc["input_ids"], enc["offset_mapping"], strict=True)
+        ]
+
+    def document_passages(self, doc_id: str, texts: Callable[[], list[str]] | None) -> list[Passage] | None:
+        """Every chunk of a document tokenized for the reader, once per document: `texts()` gives the
+        chunk texts in order the first time (a book's 800 chunks take ~0.2 s on 2 CPU cores; 20 of
+        them, which each question would otherwise tokenize, 6-10 ms). The last PASSAGE_DOCUMENTS
+        documents are kept; texts=None: only what is kept (None if the document is not)."""
+        with self._lock:
+            if doc_id in self._passages:
+                self._passages.move_to_end(doc_id)
+                return self._passages[doc_id]
+        if texts is None:
+            return None
+        passages = self.tokenize(texts())
+        with self._lock:
+            self._passages[doc_id] = passages
+            while len(self._passages) > PASSAGE_DOCUMENTS:
+                self._passages.popitem(last=False)
+        return passages
 
     def _autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
@@ -144,14 +188,37 @@ class QAEngine:
         return scores[0].float().cpu()
 
     @torch.inference_mode()
-    def read(self, question: str, passages: list[str], cache: DocumentCache | None) -> list[Reading]:
-        """Best answer span and has-answer score of each passage (against the cache, if given)."""
+    def read(
+        self, question: str, passages: list[str] | list[Passage], cache: DocumentCache | None
+    ) -> list[Reading]:
+        """Best answer span and has-answer score of each passage (against the cache, if given); the
+        passages as text or already tokenized (`tokenize`, `document_passages`).
+
+        On a GPU the rows go in one batch (its time is launches); on a CPU shortest first, in batches
+        of CPU_READ_ROWS (CPU_READ_ROWS_CACHED with a cache), each padded to its own longest row: less
+        padding, and a small batch's activations stay in the processor's caches."""
         if not passages:
             return []
-        tok = self.tokenizer
-        enc = tok(passages, add_special_tokens=False, return_offsets_mapping=True)
-        pieces = [p[: self.config.passage_tokens] for p in enc["input_ids"]]
+        if isinstance(passages[0], str):
+            passages = self.tokenize(passages)
         q = self._question(question)
+        if self.device.type != "cpu":
+            return self._read_rows(q, passages, cache)
+        order = sorted(range(len(passages)), key=lambda i: len(passages[i].ids))
+        out: list[Reading | None] = [None] * len(passages)
+        rows = CPU_READ_ROWS if cache is None else CPU_READ_ROWS_CACHED
+        for k in range(0, len(order), rows):
+            batch = order[k : k + rows]
+            for i, reading in zip(
+                batch, self._read_rows(q, [passages[i] for i in batch], cache), strict=True
+            ):
+                out[i] = reading
+        return out
+
+    def _read_rows(self, q: list[int], passages: list[Passage], cache: DocumentCache | None) -> list[Reading]:
+        """`read` of one batch of rows (question word-pieces `q`)."""
+        tok = self.tokenizer
+        pieces = [p.ids for p in passages]
         ids, mask, types, offsets = reader_rows(
             [q] * len(pieces), pieces, tok.cls_token_id, tok.sep_token_id, self.device
         )
@@ -159,10 +226,9 @@ class QAEngine:
             start, end = self.model.read(ids, mask, types, cache)
         score, s, e = best_spans(start, end, offsets, [len(p) for p in pieces], self.config.max_answer_tokens)
         out = []
-        for i, (sc, a, b) in enumerate(zip(score.tolist(), s.tolist(), e.tolist(), strict=True)):
-            spans = enc["offset_mapping"][i]
-            if not pieces[i]:  # a passage of no word-pieces holds no answer
+        for p, sc, a, b in zip(passages, score.tolist(), s.tolist(), e.tolist(), strict=True):
+            if not len(p.ids):  # a passage of no word-pieces holds no answer
                 out.append(Reading(float("-inf"), 0, 0))
                 continue
-            out.append(Reading(sc, spans[a][0], spans[b][1]))
+            out.append(Reading(sc, int(p.spans[a, 0]), int(p.spans[b, 1])))
         return out

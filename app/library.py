@@ -73,6 +73,10 @@ class Library:
             score=score,
         )
 
+    def texts(self, doc_id: str) -> list[str]:
+        """The text of every chunk of a document, in order."""
+        return [c.text for c in self._chunks(doc_id)[1]]
+
     def page_of(self, doc_id: str, offset: int) -> int:
         """1-based page of a char offset in the document text."""
         return bisect.bisect_right(self._chunks(doc_id)[2], offset)

@@ -170,7 +170,10 @@ def all_scores(
     thousand vectors are then not copied out of the index for every question)."""
     vectors = all_vectors(index) if vectors is None else vectors
     ids = chunk_ids(index) if ids is None else ids
-    sims = vectors @ query.astype(np.float32)
+    # einsum, not `@`: numpy hands a matrix-vector product to its BLAS, whose worker threads (one per
+    # core) then spin and slow the tokenizer that runs next; einsum's one-thread loop is also faster here
+    # (0.20 against 0.65 ms for a book's 3,473 vectors on this project's CPU)
+    sims = np.einsum("ij,j->i", vectors, query.astype(np.float32))
     if len(ids) == 0:
         return sims
     order = np.argsort(ids, kind="stable")

@@ -32,6 +32,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -336,9 +337,13 @@ def question_rows(questions: list[list[int]], cls_id: int, sep_id: int, device=N
 
 
 def reader_rows(
-    questions: list[list[int]], passages: list[list[int]], cls_id: int, sep_id: int, device=None
+    questions: Sequence[Sequence[int]],
+    passages: Sequence[Sequence[int]],
+    cls_id: int,
+    sep_id: int,
+    device=None,
 ) -> tuple[Tensor, Tensor, Tensor, list[int]]:
-    """ "[CLS] q [SEP] p [SEP]" rows for paired question/passage word-pieces.
+    """ "[CLS] q [SEP] p [SEP]" rows for paired question/passage word-pieces (lists or 1-D arrays).
 
     Returns:
         ids, mask, token types (B, Lr) padded to the longest row, and for each row the position of
@@ -348,10 +353,14 @@ def reader_rows(
     ids = np.zeros((len(lengths), max(lengths)), dtype=np.int64)  # filled on the host, one copy over
     tt = np.zeros_like(ids)
     offsets = []
+    ids[:, 0] = cls_id
     for i, (q, p) in enumerate(zip(questions, passages, strict=True)):
-        ids[i, : lengths[i]] = [cls_id, *q, sep_id, *p, sep_id]
-        tt[i, len(q) + 2 : lengths[i]] = 1
-        offsets.append(len(q) + 2)
+        start = len(q) + 2  # the passage's first token
+        ids[i, 1 : start - 1] = q
+        ids[i, start - 1] = ids[i, lengths[i] - 1] = sep_id
+        ids[i, start : lengths[i] - 1] = p
+        tt[i, start : lengths[i]] = 1
+        offsets.append(start)
     mask = (np.arange(ids.shape[1]) < np.array(lengths)[:, None]).astype(np.int64)
     ids, mask, tt = (torch.from_numpy(x).to(device) for x in (ids, mask, tt))
     return ids, mask, tt, offsets

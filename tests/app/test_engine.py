@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from app import DocQA
-from app.engine import QAEngine
+from app.engine import CPU_READ_ROWS_CACHED, QAEngine
 from app.settings import DEFAULT_MODEL_DIR, Settings
 from ingest.chunk import chunk_document
 from ingest.types import ParsedDocument
@@ -101,3 +101,53 @@ def test_cpu_bf16_is_off_on_a_gpu(tmp_path):
     settings = dataclasses.replace(Settings.from_env(), home=tmp_path, device="cuda", cpu_bf16=True)
     qa = DocQA(settings=settings)
     assert not qa.engine.cpu_bf16 and not qa.faiss.embedder.cpu_bf16
+
+
+def test_reading_tokenized_passages_gives_the_readings_of_their_text(chunks, engines):
+    engine = engines[0]
+    cache = engine.build_cache(chunks).to("cpu", torch.float32)
+    texts = [c.text for c in chunks] + [""]  # an empty passage holds no answer
+    tokens = engine.tokenize(texts)
+    assert [len(t.ids) for t in tokens[:-1]] == [c.n_tokens for c in chunks] and len(tokens[-1].ids) == 0
+    for kv in (cache, None):
+        from_text = engine.read("Who keeps the office of town 2?", texts, kv)
+        assert engine.read("Who keeps the office of town 2?", tokens, kv) == from_text
+        assert from_text[-1].score == float("-inf")
+        best = max(from_text, key=lambda r: r.score)
+        assert "Chiara" in texts[from_text.index(best)][best.char_start : best.char_end]
+
+
+def test_document_passages_are_tokenized_once_and_forgotten_with_the_document(chunks, engines):
+    engine = engines[0]
+    calls = []
+
+    def texts():
+        calls.append(1)
+        return [c.text for c in chunks]
+
+    assert engine.document_passages("towns", None) is None  # nothing kept, nothing built
+    first = engine.document_passages("towns", texts)
+    assert (
+        engine.document_passages("towns", texts) is first and engine.document_passages("towns", None) is first
+    )
+    assert len(calls) == 1 and len(first) == len(chunks)
+    assert all(a.ids.tolist() == b.ids.tolist() for a, b in zip(first, engine.tokenize(texts()), strict=True))
+    engine.forget("towns")
+    assert engine.document_passages("towns", None) is None
+
+
+def test_cpu_batches_of_rows_read_as_one_batch(chunks, engines):
+    engine = engines[0]
+    cache = engine.build_cache(chunks).to("cpu", torch.float32)
+    # lengths out of order, more rows than one CPU batch, an empty passage among them
+    texts = [c.text[: 40 * (k % 5 + 1)] for k, c in enumerate(chunks)] + [""] + [c.text for c in chunks]
+    tokens = engine.tokenize(texts)
+    assert len(tokens) > 2 * CPU_READ_ROWS_CACHED and len({len(t.ids) for t in tokens}) > 3
+    question = "When does the harbour office of town 5 open?"
+    for kv in (cache, None):
+        batched = engine.read(question, tokens, kv)
+        whole = engine._read_rows(engine._question(question), tokens, kv)  # every row in one batch
+        assert [(r.char_start, r.char_end) for r in batched] == [(r.char_start, r.char_end) for r in whole]
+        assert all(
+            b.score == w.score or abs(b.score - w.score) < 1e-3 for b, w in zip(batched, whole, strict=True)
+        )

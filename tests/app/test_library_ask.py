@@ -125,3 +125,29 @@ def test_cli_asks_several_files_or_all(files, tmp_path):
     assert answer["evidence"][0]["title"] == "Orchard"
     text = cli("ask", "all", QUESTION, "--method", "faiss")
     assert "Tobias Wrenfield (Orchard, p. 2)" in text.splitlines()[0]
+
+
+def test_a_one_document_question_keeps_its_chunks_tokenized_a_library_question_does_not(tmp_path, files):
+    qa = DocQA(home=tmp_path, device="cpu")
+    ids = {name: qa.add(path) for name, path in files.items()}
+    [pooled] = qa.ask(QUESTION, methods=["bsbr"], top_k=6)
+    assert len({e.doc_id for e in pooled.evidence}) > 1  # read passages of several documents
+    assert all(qa.engine.document_passages(d, None) is None for d in ids.values())
+    [alone] = qa.ask(QUESTION, docs=[ids["orchard"]], methods=["bsbr"], top_k=2)
+    kept = qa.engine.document_passages(ids["orchard"], None)
+    assert kept is not None and len(kept) == len(qa.library.texts(ids["orchard"]))
+    assert "Tobias Wrenfield" in alone.answer
+    # the same passage read from the kept tokens and from its text: the same answer span
+    [again] = qa.ask(QUESTION, docs=[ids["orchard"]], methods=["bsbr"], top_k=2)
+    assert (again.answer, again.evidence[0].answer_start) == (alone.answer, alone.evidence[0].answer_start)
+    first = next(
+        e
+        for e in pooled.evidence
+        if e.doc_id == ids["orchard"] and e.chunk_index == alone.evidence[0].chunk_index
+    )
+    assert (first.answer_start, first.answer_end) == (
+        alone.evidence[0].answer_start,
+        alone.evidence[0].answer_end,
+    )
+    qa.delete(ids["orchard"])
+    assert qa.engine.document_passages(ids["orchard"], None) is None

@@ -4,6 +4,7 @@ import math
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -71,6 +72,12 @@ def test_reader_rows_place_passage_tokens_at_their_offsets():
     assert offsets == [4, 3] and ids[0, offsets[0] + 2] == 12
     q_ids, q_mask = question_rows([[5, 6], [7]], 1, 2)
     assert q_ids.tolist() == [[1, 5, 6, 2], [1, 7, 2, 0]] and q_mask.sum().item() == 7
+    # word-pieces as arrays (the app's tokenized chunks) and an empty passage give the same rows
+    as_arrays = reader_rows(
+        [np.array([5, 6]), [7]], [np.array([10, 11, 12]), np.array([], dtype=np.int64)], 1, 2
+    )
+    assert as_arrays[0].tolist() == [[1, 5, 6, 2, 10, 11, 12, 2], [1, 7, 2, 2, 0, 0, 0, 0]]
+    assert as_arrays[2][1].tolist() == [0, 0, 0, 1, 0, 0, 0, 0] and as_arrays[3] == [4, 3]
 
 
 def test_best_spans_picks_the_best_legal_span_and_scores_against_cls():
