@@ -144,22 +144,23 @@ class Answerer:
         return Answer(method, text, best_score, False, 0.0, evidence, kind="span")
 
     def _passages(self, doc_id: str, indexes: list[int], evidence: list[Evidence], whole: bool) -> list:
-        """The reader's tokens of chunks `indexes` (`evidence`: their passages). From the engine's memo
-        of whole documents: a question that reads one document has its document tokenized once, for
-        every later question; one that reads several (a library question, whose documents may be
-        many) tokenizes just its passages, unless their document is in the memo already."""
+        """Chunks `indexes` (`evidence`: their passages) as the reader takes them: their tokens from the
+        engine's memo of whole documents, where a question that reads one document has its document
+        tokenized once, for every later question. A question that reads several (a library question,
+        whose documents may be many) gets the texts, which the reader tokenizes as it reads them,
+        unless their document is in the memo already."""
         texts = (lambda: self.library.texts(doc_id)) if whole else None
         tokens = self.engine.document_passages(doc_id, texts)
         if tokens is None:
-            return self.engine.tokenize([e.text for e in evidence])
+            return [e.text for e in evidence]
         return [tokens[i] for i in indexes]
 
     def _read_plain(
         self, question: str, doc_id: str, indexes: list[int], passages: list, memo: dict | None
     ) -> list:
         """The reader's verdicts on chunks of one document read without a cache (`passages`: their
-        tokens), each chunk read once over the methods of one question that share `memo` ((doc id,
-        chunk) -> verdict; None: none)."""
+        tokens or texts), each chunk read once over the methods of one question that share `memo` ((doc
+        id, chunk) -> verdict; None: none)."""
         memo = {} if memo is None else memo
         todo = [k for k, i in enumerate(indexes) if (doc_id, i) not in memo]
         fresh = self.engine.read(question, [passages[k] for k in todo], None)
