@@ -20,8 +20,10 @@ from app.library import Library
 from app.types import Answer, Evidence
 
 # Candidates the reader rescores (FINDINGS.md: reading the top 20 lifted R@1 0.69 -> 0.86); on a CPU
-# fewer, to keep a question near a second (settings.read_k / DOCQA_READ_K overrides both).
-READ_K_GPU, READ_K_CPU = 20, 16
+# fewer, to keep a question under half a second: 12 read as well as 16 on FairytaleQA val and SQuAD dev
+# (BSBR ROUGE-L / F1 within 0.002, docs/BENCHMARKS.md) in 3/4 of the reader's time
+# (settings.read_k / DOCQA_READ_K overrides both).
+READ_K_GPU, READ_K_CPU = 20, 12
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+")
 
 Candidate = tuple[float, str, int]  # (retrieval score, doc id, chunk index)

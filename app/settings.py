@@ -47,8 +47,8 @@ class Settings:
         max_chars: most characters of text in one document.  DOCQA_MAX_CHARS.
         max_extract_seconds: time budget for reading a PDF's pages.  DOCQA_MAX_EXTRACT_SECONDS.
         read_k: candidates the reader rescores per method and question.  DOCQA_READ_K; default 20 on a
-            GPU, 16 on a CPU (2 cores, 330k-token document: p50 0.62 s a question at 16, 0.35 s at 8,
-            where BSBR's recall@1 was 0.72 instead of 0.81).
+            GPU, 12 on a CPU (the same answers as 16 on FairytaleQA val and SQuAD dev within 0.002
+            ROUGE-L for BSBR, in 3/4 of the reader's time; at 8 BSBR's recall@1 fell, 0.72 against 0.81).
         model_dir: the trained BSBR delta (without one, BSBR is not offered).  DOCQA_MODEL_DIR; default
             assets/qa_model.
         concurrency: calls of one web endpoint served at once (questions of different visitors).

@@ -176,7 +176,7 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
 def test_read_k_defaults_by_device_and_env(monkeypatch, qa):
     from app.settings import Settings
 
-    assert qa.read_k == 16  # a CPU DocQA reads fewer candidates to keep a question well under a second
+    assert qa.read_k == 12  # a CPU DocQA reads fewer candidates to keep a question well under a second
     monkeypatch.setenv("DOCQA_READ_K", "13")
     assert Settings.from_env().read_k == 13
     monkeypatch.setenv("DOCQA_READ_K", "many")
