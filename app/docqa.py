@@ -45,7 +45,8 @@ class DocQA:
         self.device = resolve_device(device or self.settings.device)
         self.store = DocumentStore(home or self.settings.home)
         cpu_bf16 = self.device == "cpu" and resolve_cpu_bf16(self.settings.cpu_bf16)
-        self.engine = QAEngine.load_if_present(self.device, self.settings.model_dir, cpu_bf16)
+        graphs = self.settings.cuda_graphs and not self.settings.zero_gpu
+        self.engine = QAEngine.load_if_present(self.device, self.settings.model_dir, cpu_bf16, graphs)
         self.faiss = FaissRetriever(self.store, self.device, cpu_bf16)
         self.bm25 = Bm25Retriever(self.store)
         self.hybrid = HybridRetriever(self.faiss, self.bm25)

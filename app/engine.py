@@ -18,10 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ingest.chunk import CHUNK_TOKENS
 from ingest.tokenizer import load_tokenizer
 from ingest.types import Chunk
+from model.cuda_graph import GraphedCall
 from model.encoder import DocumentCache
 from model.qa import DocQAModel, best_spans, question_rows, reader_rows
 
@@ -30,6 +32,10 @@ PASSAGE_DOCUMENTS = 16  # documents whose chunks the engine keeps tokenized (~2.
 # cache's states once a layer: a book's 16 reads took 414 / 452 / 511 ms without one in batches of
 # 4 / 8 / 16 rows, 548 / 504 / 570 ms with one, 2 cores)
 CPU_READ_ROWS, CPU_READ_ROWS_CACHED = 4, 8
+# With CUDA graphs (QAEngine's cuda_graphs) a GPU pass's rows are padded to a multiple of GRAPH_ROWS rows
+# and past the next multiple of GRAPH_WIDTH tokens (always one padding token or more, so that a graph's
+# warm-up and capture take the same masked path): a few shapes, one graph each per document.
+GRAPH_ROWS, GRAPH_WIDTH = 4, 32
 CACHE_PREFIX = "bsbr_cache"  # a stored document's BSBR cache: bsbr_cache.<model fingerprint>.safetensors
 
 
@@ -51,6 +57,16 @@ class Passage:
     spans: np.ndarray  # (n, 2) int32
 
 
+def pad_rows(rows: tuple[torch.Tensor, ...], height: int, width: int) -> tuple[torch.Tensor, ...]:
+    """(B, L) tensors (ids, mask, token types) padded to (height, width): the new columns are 0 (padding),
+    the new rows copies of the last row (real rows, whose results the caller drops)."""
+    out = []
+    for x in rows:
+        x = F.pad(x, (0, width - x.shape[1]))
+        out.append(torch.cat([x, x[-1:].expand(height - x.shape[0], -1)]) if height > x.shape[0] else x)
+    return tuple(out)
+
+
 def model_fingerprint(folder: Path) -> str:
     """First 16 hex digits of the SHA-256 of the delta weights and config.json."""
     digest = hashlib.sha256()
@@ -63,14 +79,23 @@ class QAEngine:
     """Thread-safe wrapper of DocQAModel for the app (inference mode, LoRA merged, fp16 caches on GPU).
 
     With cpu_bf16 (Settings.cpu_bf16), the document pass and the reader run under bfloat16 autocast on a
-    CPU; the question pass that ranks the chunks stays fp32 there (it is one short row).
+    CPU; the question pass that ranks the chunks stays fp32 there (it is one short row). With
+    cuda_graphs (Settings.cuda_graphs) on a GPU, the question pass and the reader are CUDA graphs, one
+    per padded shape (GRAPH_ROWS, GRAPH_WIDTH) and per document the engine keeps (its caches' LRU): the
+    passes are launch-bound there. A cache the engine does not keep (an evaluation's) is read eagerly.
     """
 
     def __init__(
-        self, folder: Path, device: str = "cpu", cached_documents: int = 4, cpu_bf16: bool = False
+        self,
+        folder: Path,
+        device: str = "cpu",
+        cached_documents: int = 4,
+        cpu_bf16: bool = False,
+        cuda_graphs: bool = False,
     ) -> None:
         self.device = torch.device(device)
         self.cpu_bf16 = cpu_bf16 and self.device.type == "cpu"
+        self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
         self.fingerprint = model_fingerprint(folder)
         self.model = DocQAModel.from_pretrained(folder).to(self.device)
         self.config = self.model.config
@@ -79,16 +104,22 @@ class QAEngine:
         self._caches: OrderedDict[str, DocumentCache] = OrderedDict()
         self._cached_documents = cached_documents
         self._passages: OrderedDict[str, list[Passage]] = OrderedDict()
+        # id(cache) (id(None): reading without a cache) -> (that cache, {(pass, shape): GraphedCall})
+        self._graphs: dict[int, tuple[DocumentCache | None, dict]] = {}
+        self._graph_lock = threading.Lock()  # one capture or replay at a time (shared inputs and pool)
+        self._graph_pool = None
         if self.device.type == "cpu":
             torch.set_num_threads(max(1, os.cpu_count() or 1))
 
     @classmethod
-    def load_if_present(cls, device: str, folder: Path, cpu_bf16: bool = False) -> QAEngine | None:
+    def load_if_present(
+        cls, device: str, folder: Path, cpu_bf16: bool = False, cuda_graphs: bool = False
+    ) -> QAEngine | None:
         """The engine over the weights in `folder` (Settings.model_dir), None when there are none."""
         folder = Path(folder)
         if not (folder / "delta.safetensors").exists():
             return None
-        return cls(folder, device, cpu_bf16=cpu_bf16)
+        return cls(folder, device, cpu_bf16=cpu_bf16, cuda_graphs=cuda_graphs)
 
     @property
     def cache_file(self) -> str:
@@ -129,15 +160,54 @@ class QAEngine:
         dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         cache = DocumentCache.load(path).to(self.device, dtype)
         with self._lock:
+            replaced = self._caches.get(doc_id)  # another thread's load of the same document
+            if replaced is not None:
+                self._graphs.pop(id(replaced), None)
             self._caches[doc_id] = cache
             while len(self._caches) > self._cached_documents:
-                self._caches.popitem(last=False)
+                _, old = self._caches.popitem(last=False)
+                self._graphs.pop(id(old), None)
         return cache
 
     def forget(self, doc_id: str) -> None:
         with self._lock:
-            self._caches.pop(doc_id, None)
+            old = self._caches.pop(doc_id, None)
+            if old is not None:
+                self._graphs.pop(id(old), None)
             self._passages.pop(doc_id, None)
+
+    def _graphed(
+        self, name: str, fn: Callable, cache: DocumentCache | None, rows: tuple[torch.Tensor, ...]
+    ) -> tuple[torch.Tensor, ...] | None:
+        """fn(*rows) (fn reading `cache`) replayed as the CUDA graph of this pass, document and padded
+        shape, captured on its first use; rows are (B, L) and padded here (pad_rows), so the outputs'
+        first B rows and L columns are the real ones. None where the engine uses no graph for this call
+        (cuda_graphs off, a cache it does not keep, rows too wide to pad): the caller runs fn itself."""
+        if not self.cuda_graphs:
+            return None
+        B, L = rows[0].shape
+        height = -(-B // GRAPH_ROWS) * GRAPH_ROWS
+        width = (L // GRAPH_WIDTH + 1) * GRAPH_WIDTH
+        if width > self.model.encoder.config.max_position_embeddings:
+            return None
+        with self._lock:
+            if cache is not None and not any(c is cache for c in self._caches.values()):
+                return None  # its graphs would keep it alive: evaluation builds caches by the hundred
+            _, graphs = self._graphs.setdefault(id(cache), (cache, {}))
+        padded = pad_rows(rows, height, width)
+
+        def run(*xs):
+            # no autocast weight cache: its casts would be freed after the capture (torch's CUDA graph notes)
+            with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
+                return fn(*xs)
+
+        with self._graph_lock:
+            graph = graphs.get((name, height, width))
+            if graph is None:
+                if self._graph_pool is None:
+                    self._graph_pool = torch.cuda.graph_pool_handle()
+                graph = graphs[(name, height, width)] = GraphedCall(run, padded, self._graph_pool)
+            return graph(*padded)
 
     def tokenize(self, passages: list[str]) -> list[Passage]:
         """The passages as the reader takes them (one batched call of the fast tokenizer)."""
@@ -183,8 +253,17 @@ class QAEngine:
         q_ids, q_mask = question_rows(
             [self._question(question)], tok.cls_token_id, tok.sep_token_id, self.device
         )
-        with self._autocast():
-            scores = self.model.retrieval_scores(q_ids, q_mask, cache)
+        graphed = self._graphed(
+            "question",
+            lambda ids, mask: (self.model.retrieval_scores(ids, mask, cache),),
+            cache,
+            (q_ids, q_mask),
+        )
+        if graphed is not None:
+            scores = graphed[0]
+        else:
+            with self._autocast():
+                scores = self.model.retrieval_scores(q_ids, q_mask, cache)
         return scores[0].float().cpu()
 
     @torch.inference_mode()
@@ -222,8 +301,14 @@ class QAEngine:
         ids, mask, types, offsets = reader_rows(
             [q] * len(pieces), pieces, tok.cls_token_id, tok.sep_token_id, self.device
         )
-        with self._autocast(), self._cpu_autocast():
-            start, end = self.model.read(ids, mask, types, cache)
+        graphed = self._graphed(
+            "read", lambda i, m, t: self.model.read(i, m, t, cache), cache, (ids, mask, types)
+        )
+        if graphed is not None:
+            start, end = (x[: ids.shape[0], : ids.shape[1]] for x in graphed)
+        else:
+            with self._autocast(), self._cpu_autocast():
+                start, end = self.model.read(ids, mask, types, cache)
         score, s, e = best_spans(start, end, offsets, [len(p) for p in pieces], self.config.max_answer_tokens)
         out = []
         for p, sc, a, b in zip(passages, score.tolist(), s.tolist(), e.tolist(), strict=True):

@@ -66,6 +66,9 @@ class Settings:
             17.0, BSBR document pass 10.0 s instead of 24.7), with SQuAD dev --limit 300 recall and F1
             unchanged (docs/BENCHMARKS.md, "CPU ingest against the LangChain-style recipe").
             GPUs are unaffected (fp16 / bf16 there already).
+        cuda_graphs: on a GPU, BSBR's question pass and the reader replay CUDA graphs (app/engine.py),
+            since their time there is kernel launches.  DOCQA_CUDA_GRAPHS (1 or 0); default 1. Off on a
+            ZeroGPU Space, whose GPU is attached anew for each call.
     """
 
     home: Path
@@ -82,6 +85,7 @@ class Settings:
     concurrency: int | None = None
     zero_gpu: bool = False
     cpu_bf16: bool | None = None  # None: decided by the hardware (resolve_cpu_bf16)
+    cuda_graphs: bool = True
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -101,6 +105,7 @@ class Settings:
             concurrency=_int("DOCQA_CONCURRENCY", 0) or None,
             zero_gpu=os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true"),
             cpu_bf16=_optional_flag("DOCQA_CPU_BF16"),
+            cuda_graphs=bool(_int("DOCQA_CUDA_GRAPHS", 1)),
         )
 
 

@@ -419,8 +419,12 @@ class BSBREncoder(nn.Module):
         N = math.ceil(T / C)
         real = input_ids.new_ones(B, T, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         mask = F.pad(real, (0, N * C - T), value=False).view(B, N, C)  # (B, N, C)
-        # No mask at all when nothing is padded: the op then uses the FlashAttention kernel on CUDA.
-        key_padding_mask = None if attention_mask is None or bool(real.all()) else real
+        # No mask at all when nothing is padded: the op then uses the FlashAttention kernel on CUDA. Not
+        # while a CUDA graph is captured (model/cuda_graph.py): the test would wait for the GPU, and the
+        # graph must hold for the padded rows it will be replayed with.
+        capturing = real.is_cuda and torch.cuda.is_current_stream_capturing()
+        all_real = attention_mask is None or (not capturing and bool(real.all()))
+        key_padding_mask = None if all_real else real
         types = token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)
         x = self.embeddings(input_ids, types, C)  # (B, T, hidden)
         new, all_logits = [], []

@@ -1,5 +1,5 @@
 """QAEngine with the shipped weights: the document pass and the reader under bfloat16 autocast (cpu_bf16)
-on a CPU."""
+on a CPU; padded rows and the CUDA graphs (cuda_graphs) on a GPU."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from app import DocQA
-from app.engine import CPU_READ_ROWS_CACHED, QAEngine
+from app.engine import CPU_READ_ROWS_CACHED, GRAPH_ROWS, GRAPH_WIDTH, QAEngine, pad_rows
 from app.settings import DEFAULT_MODEL_DIR, Settings
 from ingest.chunk import chunk_document
 from ingest.types import ParsedDocument
+from model.qa import question_rows, reader_rows
 
 TEXT = "\n\n".join(
     f"Chapter {i}. The harbour office of town {i} opens at {i + 6} in the morning. Its keeper, "
@@ -151,3 +152,69 @@ def test_cpu_batches_of_rows_read_as_one_batch(chunks, engines):
         assert all(
             b.score == w.score or abs(b.score - w.score) < 1e-3 for b, w in zip(batched, whole, strict=True)
         )
+
+
+def test_padded_rows_read_and_rank_as_the_rows_themselves(chunks, engines):
+    """What a CUDA graph relies on: rows padded to a graph's shape give the rows' own results."""
+    engine, tok = engines[0], engines[0].tokenizer
+    cache = engine.build_cache(chunks).to("cpu", torch.float32)
+    q = engine._question("Who keeps the office of town 2?")
+    passages = engine.tokenize([c.text[: 120 * (k + 1)] for k, c in enumerate(chunks[:3])])
+    rows = reader_rows([q] * 3, [p.ids for p in passages], tok.cls_token_id, tok.sep_token_id)[:3]
+    B, L = rows[0].shape
+    padded = pad_rows(rows, 8, L + 40)
+    assert all(x.shape == (8, L + 40) for x in padded)
+    for x, p in zip(rows, padded, strict=True):
+        assert (
+            torch.equal(p[:B, :L], x)
+            and not p[:, L:].any()
+            and torch.equal(p[B:, :L], x[-1:].expand(8 - B, -1))
+        )
+    with torch.inference_mode():
+        for kv in (cache, None):
+            start, end = engine.model.read(*rows, kv)
+            p_start, p_end = engine.model.read(*padded, kv)
+            torch.testing.assert_close(p_start[:B, :L], start, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(p_end[:B, :L], end, atol=1e-4, rtol=1e-4)
+        question = question_rows([q], tok.cls_token_id, tok.sep_token_id)  # no padding: the unmasked path
+        scores = engine.model.retrieval_scores(*question, cache)
+        p_scores = engine.model.retrieval_scores(*pad_rows(question, GRAPH_ROWS, GRAPH_WIDTH), cache)
+    torch.testing.assert_close(p_scores[:1], scores, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.gpu
+def test_cuda_graphs_answer_as_the_eager_passes(chunks, tmp_path):
+    eager = QAEngine(DEFAULT_MODEL_DIR, "cuda")
+    graphed = QAEngine(DEFAULT_MODEL_DIR, "cuda", cuda_graphs=True)
+    assert graphed.cuda_graphs and not eager.cuda_graphs
+    assert not QAEngine(DEFAULT_MODEL_DIR, "cpu", cuda_graphs=True).cuda_graphs
+    path = tmp_path / "towns.safetensors"
+    eager.build_cache(chunks).save(path)
+    caches = {e: e.cache("towns", path) for e in (eager, graphed)}
+    texts = [c.text for c in chunks]
+    questions = ["When does the harbour office of town 5 open?", "Who keeps the office of town 2?"]
+    for round_ in range(2):  # the first round captures, the second replays the same graphs
+        for question in questions:
+            s_eager = eager.retrieval_scores(question, caches[eager])
+            s_graph = graphed.retrieval_scores(question, caches[graphed])
+            assert s_eager.argmax() == s_graph.argmax()
+            assert torch.corrcoef(torch.stack([s_eager, s_graph]))[0, 1] > 0.999
+            for kv in (True, False):
+                r_eager = eager.read(question, texts[:5], caches[eager] if kv else None)
+                r_graph = graphed.read(question, texts[:5], caches[graphed] if kv else None)
+                assert [(r.char_start, r.char_end) for r in r_graph] == [
+                    (r.char_start, r.char_end) for r in r_eager
+                ]
+                assert all(abs(a.score - b.score) < 0.1 for a, b in zip(r_eager, r_graph, strict=True))
+        shapes = {k: sorted(g) for k, (_, g) in graphed._graphs.items()}
+        if round_ == 0:
+            captured = shapes
+        assert shapes == captured  # no capture in the second round
+    own, no_cache = graphed._graphs[id(caches[graphed])][1], graphed._graphs[id(None)][1]
+    assert {name for name, _, _ in own} == {"question", "read"} and {n for n, _, _ in no_cache} == {"read"}
+    # a cache the engine does not keep is read eagerly (no graph keeps it alive); forgetting drops graphs
+    loose = eager.build_cache(chunks).to("cuda", torch.float16)
+    graphed.read(questions[0], texts[:5], loose)
+    assert id(loose) not in graphed._graphs
+    graphed.forget("towns")
+    assert id(caches[graphed]) not in graphed._graphs and id(None) in graphed._graphs
