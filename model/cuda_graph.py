@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-WARMUP_CALLS = 2  # eager calls before the capture: lazy set-up (cuBLAS handles, kernel choice) happens there
+WARMUP_CALLS = 1  # eager calls before the capture, on its stream: lazy set-up (cuBLAS workspaces) is there
 
 
 class GraphedCall:

@@ -4,7 +4,8 @@ first pays the process's start-up), time each method's questions, then profile 1
     python -m scripts.question_profile [--pdf assets/pride_and_prejudice.pdf] [--home /tmp/qprof]
 
 Prints each ingest's stage timings, per method (and for the three shown methods in one ask) p50 / p95 ms
-over the book questions asked twice, and the cProfile tables (internal time, cumulative) of 12 asks
+over the book questions asked twice, the GPU memory held after them (with the engine's CUDA graphs, if
+on: DOCQA_CUDA_GRAPHS), and the cProfile tables (internal time, cumulative) of 12 asks
 with BSBR and with FAISS. On a GPU the clock waits for the device before it stops.
 """
 
@@ -60,6 +61,15 @@ def main() -> None:
     for methods in [[m] for m in qa.methods] + [list(qa.shown)]:
         _latency(qa, methods, 1)
         print("wall", ",".join(methods), _latency(qa, methods), flush=True)
+    if torch.cuda.is_available():
+        mib = 2**20
+        print(
+            "cuda MiB allocated", round(torch.cuda.memory_allocated() / mib),
+            "peak", round(torch.cuda.max_memory_allocated() / mib),
+            "reserved", round(torch.cuda.memory_reserved() / mib),
+            "graphs", sum(len(g) for _, g in qa.engine._graphs.values()) if qa.engine else 0,
+            flush=True,
+        )  # fmt: skip
     for method in [m for m in ("bsbr", "faiss") if m in qa.methods]:
         profile = cProfile.Profile()
         profile.enable()

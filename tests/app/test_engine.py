@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from app import DocQA
-from app.engine import CPU_READ_ROWS_CACHED, GRAPH_ROWS, GRAPH_WIDTH, QAEngine, pad_rows
+from app.engine import CPU_READ_ROWS_CACHED, GRAPH_AFTER, GRAPH_ROWS, GRAPH_WIDTH, QAEngine, pad_rows
 from app.settings import DEFAULT_MODEL_DIR, Settings
 from ingest.chunk import chunk_document
 from ingest.types import ParsedDocument
+from model.cuda_graph import GraphedCall
 from model.qa import question_rows, reader_rows
 
 TEXT = "\n\n".join(
@@ -193,7 +194,17 @@ def test_cuda_graphs_answer_as_the_eager_passes(chunks, tmp_path):
     caches = {e: e.cache("towns", path) for e in (eager, graphed)}
     texts = [c.text for c in chunks]
     questions = ["When does the harbour office of town 5 open?", "Who keeps the office of town 2?"]
-    for round_ in range(2):  # the first round captures, the second replays the same graphs
+
+    def captured():
+        return {
+            k: sorted(key for key, g in graphs.items() if isinstance(g, GraphedCall))
+            for k, (_, graphs) in graphed._graphs.items()
+        }
+
+    # a round uses each shape once or twice (two questions): eager in round 0, every shape captured (its
+    # GRAPH_AFTER-th use) by the end of round 2, replayed in round 3
+    assert GRAPH_AFTER == 3
+    for round_ in range(4):
         for question in questions:
             s_eager = eager.retrieval_scores(question, caches[eager])
             s_graph = graphed.retrieval_scores(question, caches[graphed])
@@ -206,11 +217,13 @@ def test_cuda_graphs_answer_as_the_eager_passes(chunks, tmp_path):
                     (r.char_start, r.char_end) for r in r_eager
                 ]
                 assert all(abs(a.score - b.score) < 0.1 for a, b in zip(r_eager, r_graph, strict=True))
-        shapes = {k: sorted(g) for k, (_, g) in graphed._graphs.items()}
         if round_ == 0:
-            captured = shapes
-        assert shapes == captured  # no capture in the second round
-    own, no_cache = graphed._graphs[id(caches[graphed])][1], graphed._graphs[id(None)][1]
+            assert not any(captured().values())
+        elif round_ == 2:
+            first = captured()
+        elif round_ == 3:
+            assert captured() == first  # replayed, nothing captured again
+    own, no_cache = first[id(caches[graphed])], first[id(None)]
     assert {name for name, _, _ in own} == {"question", "read"} and {n for n, _, _ in no_cache} == {"read"}
     # a cache the engine does not keep is read eagerly (no graph keeps it alive); forgetting drops graphs
     loose = eager.build_cache(chunks).to("cuda", torch.float16)
@@ -218,3 +231,25 @@ def test_cuda_graphs_answer_as_the_eager_passes(chunks, tmp_path):
     assert id(loose) not in graphed._graphs
     graphed.forget("towns")
     assert id(caches[graphed]) not in graphed._graphs and id(None) in graphed._graphs
+
+
+@pytest.mark.gpu
+def test_a_pass_that_cannot_be_captured_turns_the_graphs_off(chunks, tmp_path, monkeypatch):
+    import app.engine
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    engine = QAEngine(DEFAULT_MODEL_DIR, "cuda", cuda_graphs=True)
+    path = tmp_path / "towns.safetensors"
+    engine.build_cache(chunks).save(path)
+    cache = engine.cache("towns", path)
+    question, texts = "Who keeps the office of town 2?", [c.text for c in chunks[:4]]
+    monkeypatch.setattr(app.engine, "GraphedCall", refuse)
+    for _ in range(GRAPH_AFTER):  # the last one tries to capture
+        readings = engine.read(question, texts, cache)  # answered eagerly, not an error
+    assert not engine.cuda_graphs
+    eager = QAEngine(DEFAULT_MODEL_DIR, "cuda")
+    assert [(r.char_start, r.char_end) for r in readings] == [
+        (r.char_start, r.char_end) for r in eager.read(question, texts, eager.cache("towns", path))
+    ]
