@@ -23,6 +23,7 @@ import gzip
 import json
 import math
 import random
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ class EvalQuestion:
     answers: list[str]  # what F1, EM and ROUGE-L score against
     spans: list[tuple[int, int]] = field(default_factory=list)  # char spans in the document text
     explicit: bool = True  # the answer is stated in the text (FairytaleQA's "explicit"; SQuAD: always)
+    evidence: list[str] = field(default_factory=list)  # quotes that state the answer: become spans at ingest
 
 
 @dataclass
@@ -87,6 +89,11 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
         "ones answered are a random sample (the JSON says how many)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--answers",
+        action="store_true",
+        help="also list each method's answer to each question (printed, and in the JSON)",
+    )
 
 
 def _open_text(path: Path):
@@ -124,9 +131,11 @@ def load_jsonl(path: Path, group: str = "article") -> list[EvalDocument]:
     """One document per line: {"id", "title", "text" | "path", "questions": [...]}.
 
     A question is {"id", "question", "answers"}, optionally with "answer_spans" ([[start, end], ...]
-    char offsets into "text", which then decide the gold chunks), "extractive" (false: the answer is
-    not stated in the text) and "answer_fields" (FairytaleQA: only answer1 and answer4 are scored, as
-    in its benchmark). FairytaleQA's files are read as they are. `group="all"` joins every document's
+    char offsets into "text", which then decide the gold chunks), "evidence" (quotes of the document
+    that state the answer, matched ignoring case and whitespace once it is ingested: gold chunks for a
+    "path" document, whose text is known only then), "extractive" (false: the answer is not stated in
+    the text) and "answer_fields" (FairytaleQA: only answer1 and answer4 are scored, as in its
+    benchmark). FairytaleQA's files are read as they are. `group="all"` joins every document's
     text, blank-line separated, into one document (spans shifted; "path" documents cannot be joined).
     """
     docs = []
@@ -162,8 +171,16 @@ def _jsonl_question(q: dict, default_id: str) -> EvalQuestion:
     if fields and any(f in SCORED_FIELDS for f in fields):
         answers = [a for a, f in zip(answers, fields, strict=True) if f in SCORED_FIELDS]
     spans = [(int(a), int(b)) for a, b in q.get("answer_spans", [])]
+    evidence = q.get("evidence", [])
+    if isinstance(evidence, str) or not all(isinstance(e, str) and e.strip() for e in evidence):
+        raise ValueError(f"question {q.get('id', default_id)}: 'evidence' must be a list of non-empty quotes")
     return EvalQuestion(
-        str(q.get("id", default_id)), q["question"], answers, spans, bool(q.get("extractive", True))
+        str(q.get("id", default_id)),
+        q["question"],
+        answers,
+        spans,
+        bool(q.get("extractive", True)),
+        list(evidence),
     )
 
 
@@ -175,7 +192,7 @@ def _join(docs: list[EvalDocument], title: str) -> list[EvalDocument]:
     for d in docs:
         for q in d.questions:
             spans = [(a + offset, b + offset) for a, b in q.spans]
-            questions.append(EvalQuestion(q.id, q.question, q.answers, spans, q.explicit))
+            questions.append(EvalQuestion(q.id, q.question, q.answers, spans, q.explicit, q.evidence))
         parts.append(d.text)
         offset += len(d.text) + 2
     return [EvalDocument("all", title, questions, text="\n\n".join(parts))]
@@ -196,6 +213,24 @@ def _limit(docs: list[EvalDocument], limit: int | None) -> list[EvalDocument]:
         if qs:
             out.append(EvalDocument(d.id, d.title, qs, d.text, d.path))
     return out
+
+
+def evidence_spans(text: str, quote: str) -> list[tuple[int, int]]:
+    """Every place `quote` is in `text`, ignoring case and treating any run of whitespace as one
+    space: (start, end) char offsets into `text`."""
+    words = quote.split()
+    pattern = r"\s+".join(re.escape(w) for w in words)
+    return [(m.start(), m.end()) for m in re.finditer(pattern, text, flags=re.IGNORECASE)]
+
+
+def _resolve_evidence(doc: EvalDocument, text: str) -> None:
+    """Turn the evidence quotes of `doc`'s questions into answer spans of its ingested `text`."""
+    for q in doc.questions:
+        for quote in q.evidence:
+            found = evidence_spans(text, quote)
+            if not found:
+                raise ValueError(f"{doc.title}: question {q.id}: evidence {quote!r} is not in the document")
+            q.spans.extend(span for span in found if span not in q.spans)
 
 
 def gold_chunks(question: EvalQuestion, chunks) -> set[int]:
@@ -240,9 +275,12 @@ def evaluate(
     unanswerable: int = 0,
     max_minutes: float | None = None,
     seed: int = 0,
+    answers: bool = False,
 ) -> dict:
-    """Ingest every document, ask every question with every method, and aggregate the metrics."""
+    """Ingest every document, ask every question with every method, and aggregate the metrics. With
+    `answers`, the result also lists each method's answer to each question, in the order asked."""
     rows: dict[str, dict[str, list[float]]] = {m: {} for m in methods}
+    listed: dict[str, list[tuple[int, dict]]] = {m: [] for m in methods if m != READER}
     explicit_rows: dict[str, dict[str, list[float]]] = {m: {} for m in methods}
     ingest_seconds = {m: 0.0 for m in methods}
     doc_tokens = 0
@@ -254,11 +292,14 @@ def evaluate(
             else qa.ingest(doc.path, owner="eval")
         )
         doc_tokens += report.tokens
+        if any(q.evidence for q in doc.questions):
+            _resolve_evidence(doc, qa.store.text(report.doc_id)[0])
         for m in methods:
             ingest_seconds[m] += report.timings.get("chunk", 0.0) + report.timings.get(_stage(m), 0.0)
         stored.append(report.doc_id)
     asked_methods = [m for m in methods if m != READER]
     jobs = [(d, q) for d in range(len(docs)) for q in docs[d].questions]
+    position = {id(q): k for k, (_, q) in enumerate(jobs)}  # the data's order, for `answers`
     rng = random.Random(seed)
     rng.shuffle(jobs)
     probes = rng.sample(jobs, min(unanswerable, len(jobs))) if len(docs) > 1 else []
@@ -279,7 +320,7 @@ def evaluate(
             for r in subsets:
                 r[READER].setdefault("latency", []).append(latency)
                 _record_answer(r[READER], prediction, q)
-        answers = qa.ask(
+        replies = qa.ask(
             q.question,
             docs=[stored[d]],
             methods=asked_methods,
@@ -287,9 +328,10 @@ def evaluate(
             owner="eval",
             retrieve_k=max(RETRIEVAL_KS),
         )
-        for a in answers:
+        for a in replies:
             for r in subsets:
                 _record(r[a.method], a, q, gold)
+            listed[a.method].append((position[id(q)], _listed(a, q, gold)))
         asked += 1
     result = {
         "documents": len(docs),
@@ -308,7 +350,46 @@ def evaluate(
     }
     if any(not q.explicit for _, q in jobs):  # FairytaleQA: the answer-is-stated questions apart
         result["explicit"] = {m: _summarise(r) for m, r in explicit_rows.items()}
+    if answers:  # in the data's order, not the order asked
+        result["answers"] = {m: [a for _, a in sorted(got, key=lambda p: p[0])] for m, got in listed.items()}
     return result
+
+
+def _listed(answer, q: EvalQuestion, gold: set[int]) -> dict:
+    """One method's answer to one question, as `--answers` lists it: the text, the cited page, whether
+    it is right (exact match after normalisation) and where the first gold chunk is in its evidence."""
+    final = [e.chunk_index for e in answer.evidence]
+    rank = next((k for k, i in enumerate(final) if i in gold), None)
+    top = answer.evidence[0] if answer.evidence else None
+    return {
+        "id": q.id,
+        "question": q.question,
+        "answer": answer.answer,
+        "abstained": answer.abstained,
+        "page": top.answer_page if top is not None else None,
+        "em": metrics.exact_match("" if answer.abstained else answer.answer, q.answers),
+        "f1": round(metrics.f1_score("" if answer.abstained else answer.answer, q.answers), 4),
+        "gold_rank": rank,  # 0-based place of a gold chunk in the evidence; None: not in it
+    }
+
+
+def format_answers(result: dict) -> str:
+    """Each question with every method's answer (right ones marked), from `--answers`."""
+    listed = result.get("answers", {})
+    methods = [m for m in listed if listed[m]]
+    if not methods:
+        return ""
+    lines = ["| question | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+    for k, row in enumerate(listed[methods[0]]):
+        cells = []
+        for m in methods:
+            a = listed[m][k]
+            text = "(abstains)" if a["abstained"] else a["answer"].replace("|", "/").replace("\n", " ")
+            cells.append(f"{'**' + text + '**' if a['em'] else text} p. {a['page']}")
+        lines.append(f"| {row['question']} | " + " | ".join(cells) + " |")
+    right = ", ".join(f"{m} {sum(a['em'] for a in listed[m]):.0f}" for m in methods)
+    lines.append(f"right (exact match, in bold) of {len(listed[methods[0]])}: {right}")
+    return "\n".join(lines)
 
 
 READER = "reader"
@@ -434,9 +515,17 @@ def run_eval(args: argparse.Namespace) -> int:
     if READER in methods and qa.engine is None:
         raise ValueError("--methods reader needs the trained QA model (assets/qa_model or DOCQA_MODEL_DIR)")
     result = evaluate(
-        qa, docs, methods, unanswerable=args.unanswerable, max_minutes=args.max_minutes, seed=args.seed
+        qa,
+        docs,
+        methods,
+        unanswerable=args.unanswerable,
+        max_minutes=args.max_minutes,
+        seed=args.seed,
+        answers=args.answers,
     )
     print(format_table(result))
+    if args.answers:
+        print(format_answers(result))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(result, indent=2))
     return 0

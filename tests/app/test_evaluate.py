@@ -5,7 +5,17 @@ import json
 import pytest
 
 from app import DocQA
-from app.evaluate import EvalQuestion, _limit, evaluate, format_table, gold_chunks, load_jsonl, load_squad
+from app.evaluate import (
+    EvalQuestion,
+    _limit,
+    evaluate,
+    evidence_spans,
+    format_answers,
+    format_table,
+    gold_chunks,
+    load_jsonl,
+    load_squad,
+)
 from ingest.types import Chunk
 
 SQUAD = {
@@ -83,6 +93,67 @@ def test_gold_chunks_use_spans_or_answer_text():
 def test_limit_spreads_questions_over_documents(squad_file):
     docs = _limit(load_squad(squad_file, "article"), 2)
     assert sum(len(d.questions) for d in docs) == 2
+
+
+def test_evidence_quotes_are_found_ignoring_case_and_line_breaks():
+    text = "It is a truth.\nNetherfield  Park is\nlet at last, said she. netherfield park is let at last!"
+    assert evidence_spans(text, "netherfield park is let at LAST") == [(15, 47), (59, 90)]
+    assert text[15:47] == "Netherfield  Park is\nlet at last"
+    assert evidence_spans(text, "Park is let at first") == []
+    assert evidence_spans("a (b) c", "(b) c") == [(2, 7)]  # quotes are text, not patterns
+
+
+def test_evidence_quotes_decide_the_gold_passage_and_answers_are_listed(tmp_path):
+    """A "path" document's gold chunks come from quotes, found in the text it was ingested to; --answers
+    lists every method's answer in the data's order, with its page and where the gold chunk ranks."""
+    paragraphs = [
+        "The harbour of Brightwater keeps a lighthouse on the northern rock.",
+        "Its keeper is Amelia Thornbury, who climbs the hundred steps each night.",
+        "The regatta is held every August, and the winner receives a silver oar.",
+    ]
+    (tmp_path / "town.txt").write_text("\n\n".join(paragraphs))
+    questions = [
+        {
+            "id": "k",
+            "question": "Who keeps the lighthouse?",
+            "answers": ["Amelia Thornbury"],
+            "evidence": ["keeper is  amelia\nthornbury"],
+        },
+        {
+            "id": "r",
+            "question": "What does the regatta winner receive?",
+            "answers": ["a silver oar"],
+            "evidence": ["the winner receives a silver oar"],
+        },
+    ]
+    data = tmp_path / "set.jsonl"
+    data.write_text(json.dumps({"id": "town", "title": "Town", "path": "town.txt", "questions": questions}))
+    docs = load_jsonl(data)
+    assert (
+        docs[0].questions[0].evidence == ["keeper is  amelia\nthornbury"] and not docs[0].questions[0].spans
+    )
+    qa = DocQA(home=tmp_path / "home", device="cpu")
+    result = evaluate(qa, docs, ["bm25"], progress=False, answers=True)
+    assert result["methods"]["bm25"]["has_gold"] == 1.0
+    listed = result["answers"]["bm25"]
+    assert [a["id"] for a in listed] == ["k", "r"]  # the data's order, whatever order they were asked in
+    for a in listed:
+        assert set(a) == {"id", "question", "answer", "abstained", "page", "em", "f1", "gold_rank"}
+        assert a["page"] == 1 and a["gold_rank"] is not None
+    table = format_answers(result)
+    assert (
+        "| Who keeps the lighthouse? |" in table and f"of 2: bm25 {sum(a['em'] for a in listed):.0f}" in table
+    )
+    assert "answers" not in evaluate(qa, load_jsonl(data), ["bm25"], progress=False)
+
+    questions[1]["evidence"] = ["the loser receives a silver oar"]
+    data.write_text(json.dumps({"id": "town", "title": "Town", "path": "town.txt", "questions": questions}))
+    with pytest.raises(ValueError, match="question r: evidence 'the loser receives a silver oar' is not in"):
+        evaluate(qa, load_jsonl(data), ["bm25"], progress=False)
+    questions[1]["evidence"] = "the winner"
+    data.write_text(json.dumps({"id": "town", "title": "Town", "path": "town.txt", "questions": questions}))
+    with pytest.raises(ValueError, match="'evidence' must be a list of non-empty quotes"):
+        load_jsonl(data)
 
 
 def test_load_jsonl_resolves_paths_and_free_form_answers(tmp_path):

@@ -72,6 +72,24 @@ def test_hybrid_answers_netherfield_park_from_page_one(ingested, home):
     assert "Netherfield Park is let at last" in top["text"] and top["page_start"] == 1
 
 
+def test_every_book_question_has_its_evidence_in_the_ingested_book(ingested, home):
+    """assets/pride_and_prejudice_questions.jsonl (python -m app eval --format jsonl --answers): each
+    question's evidence quotes are in the text the PDF ingests to, so each has a gold chunk."""
+    from app import DocQA
+    from app.evaluate import evidence_spans, gold_chunks, load_jsonl
+
+    [doc] = load_jsonl(ROOT / "assets" / "pride_and_prejudice_questions.jsonl")
+    assert doc.path == str(BOOK) and len(doc.questions) == 40
+    qa = DocQA(home=home, device="cpu")
+    text = qa.store.text(ingested["doc_id"])[0]
+    chunks = qa.store.chunks(ingested["doc_id"])
+    for q in doc.questions:
+        assert q.answers and q.evidence, q.id
+        q.spans = [span for quote in q.evidence for span in evidence_spans(text, quote)]
+        assert len(q.spans) >= len(q.evidence), (q.id, q.evidence)
+        assert gold_chunks(q, chunks), q.id
+
+
 def test_both_methods_answer_with_the_shipped_weights(ingested, home):
     question = "Who is the new tenant of Netherfield?"
     out = json.loads(_cli("ask", str(BOOK), question, "--method", "both", "--json", home=home).stdout)
