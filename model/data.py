@@ -16,6 +16,9 @@ naming someone or quote-free first, no two adjacent) become questions whose gold
 held the sentence. The sentence is cut from the text before chunking (kept in 10%, as in the paper), so
 retrieval must match its context, not copy it. These questions have no answer span and train retrieval
 only (q_start = q_end = RETRIEVAL_ONLY). The evaluation book (pride_and_prejudice) is left out by default.
+With --book-cloze, each book document comes again with reader questions made by `name_cloze`
+(recurring-span selection in question form: a sentence with a name replaced by "who", cut from the
+text; the answer is another mention of that name nearby).
 
 Articles are shuffled (seeded) and concatenated `articles_per_doc` at a time, paragraphs joined by a blank
 line, so retrieval trains against hundreds of in-document distractor chunks. The first `val_articles`
@@ -43,6 +46,7 @@ import gzip
 import json
 import random
 import re
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -179,6 +183,13 @@ _NAME = re.compile(r"\s[\"“‘(]?(?!I\b)[A-Z][a-z]+")  # a capitalised word af
 _QUOTES = re.compile('["“”]')
 ICT_WORDS = (8, 40)  # words of a sentence that becomes a question
 ICT_KEEP = 0.1  # share of question sentences left in their chunk (Lee et al. keep 10%)
+# A name inside a sentence: a capitalised word (with the title before it, if any), not its first word.
+_TITLED_NAME = re.compile(
+    r"(?<=[\s\"“‘(])(?:(?:Mr|Mrs|Miss|Dr|Lady|Sir|Colonel|Captain|Aunt|Uncle|Madame|Monsieur)\.?\s+)?"
+    r"(?!(?:I|God|Heaven|Oh|Yes|No|Sir|Madam|Lord|The|But|And|What|It|He|She|They|We|You|My|Christmas|"
+    r"Sunday|Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|English|French)\b)([A-Z][a-z]{2,})\b"
+)
+CLOZE_REACH = 700  # characters around a cloze sentence searched for another mention of its name
 
 
 def read_book(path: Path) -> str:
@@ -276,6 +287,88 @@ def inverse_cloze(text: str, n: int, rng: random.Random) -> tuple[str, list[Retr
     return "".join(parts), questions
 
 
+def name_cloze(text: str, n: int, rng: random.Random) -> tuple[str, list[tuple[str, int, int]]]:
+    """(text with the question sentences cut out, reader questions (question, answer_start, answer_end)):
+    recurring-span selection on a novel (Ram et al., 2021, in question form). Up to `n` sentences fit
+    to be questions (ict_rank) that name someone mentioned again within CLOZE_REACH characters become
+    questions: the sentence with that name (and its title) replaced by "who" ("who had soon made himself
+    acquainted with all the principal people in the room?"). The sentence is cut from the text, and the
+    answer is the nearest other mention, title included. The reader learns to tell which of a passage's
+    names a question is about, from its context; the question's chunk is the one holding that mention."""
+    spans = sentence_spans(text)
+    # names: capitalised words seen at least 3 times after a lower-case word; only those may be a
+    # sentence's first word (elsewhere any capitalised word may be one)
+    seen = Counter(re.findall(r"(?<=[a-z,;] )([A-Z][a-z]{2,})\b", text))
+    known = {word for word, count in seen.items() if count >= 3}
+    chosen = []  # (sentence index, name match)
+    order = pick_sentences(text, spans, len(spans), rng)
+    rng.shuffle(order)  # up to n of them, from anywhere in the text
+    for i in order:
+        start, end = spans[i]
+        names = [
+            m
+            for m in _TITLED_NAME.finditer(text, start, end)
+            if (m.group(1) in known or re.search(r"[a-z]", text[start : m.start()]))
+            and not _after_capital(text, m.start())
+            and not re.match(r"\s+[A-Z]", text[m.end() : m.end() + 2])  # not "Madame Defarge", "New York"
+        ]
+        rng.shuffle(names)
+        for m in names:
+            near = _mentions(text, m.group(1), max(0, start - CLOZE_REACH), end + CLOZE_REACH)
+            if any(not start <= a < end for a, _ in near):
+                chosen.append((i, m))
+                break
+        if len(chosen) == n:
+            break
+    chosen.sort(key=lambda c: c[0])
+    cut = [spans[i] for i, _ in chosen]
+    removed = []  # (start, end) of what is cut, in `text`: the sentence, and its spaces unless a blank line
+    for a, b in cut:
+        after = text[b:]
+        gap = after[: len(after) - len(after.lstrip())]
+        removed.append((a, b + len(gap) if gap.count("\n") <= 1 else b))
+    kept = [text[b:a] for (_, b), (a, _) in zip([(0, 0), *removed], [*removed, (len(text), 0)], strict=True)]
+    starts = [a for a, _ in removed]
+    questions = []
+
+    def shifted(offset: int) -> int:  # an offset of the original text in the cut one
+        k = bisect.bisect_right(starts, offset)
+        return offset - sum(b - a for a, b in removed[:k])
+
+    for (_, m), (a, b) in zip(chosen, cut, strict=True):
+        near = [
+            (x, y)
+            for x, y in _mentions(text, m.group(1), max(0, a - CLOZE_REACH), b + CLOZE_REACH)
+            if not any(p <= x < q for p, q in removed)
+        ]
+        if not near:
+            continue  # its only other mention was in another cut sentence
+        x, y = min(near, key=lambda span: abs(span[0] - a))
+        question = text[a : m.start()] + "who" + text[m.end() : b]
+        question = " ".join(question.split()).rstrip(".!?\"'’”_ ") + "?"
+        questions.append((question, shifted(x), shifted(y)))
+    return "".join(kept), questions
+
+
+def _after_capital(text: str, at: int) -> bool:
+    """True where the word before `at` is capitalised and no title: "Celestial City", "New York"."""
+    before = text[max(0, at - 30) : at].split()
+    return bool(before) and before[-1][:1].isupper() and not _TITLE_BEFORE.search(before[-1] + " ")
+
+
+def _mentions(text: str, name: str, start: int, end: int) -> list[tuple[int, int]]:
+    """(start, end) of each mention of `name` in text[start:end], with its title if one precedes it."""
+    found = []
+    for m in re.finditer(rf"\b{re.escape(name)}\b", text[start:end]):
+        a, b = start + m.start(), start + m.end()
+        title = _TITLE_BEFORE.search(text, max(0, a - 12), a)
+        found.append((title.start() if title else a, b))
+    return found
+
+
+_TITLE_BEFORE = re.compile(r"(?:Mr|Mrs|Miss|Dr|Lady|Sir|Colonel|Captain|Aunt|Uncle|Madame|Monsieur)\.?\s+$")
+
+
 def group_books(
     folder: Path,
     exclude: Sequence[str],
@@ -283,10 +376,12 @@ def group_books(
     questions: int,
     seed: int,
     groupings: int = 1,
-) -> Iterator[tuple[str, list[RetrievalQuestion], bool]]:
+    cloze: int = 0,
+) -> Iterator[tuple[str, list, bool]]:
     """Yield (text, ICT questions, False) for each part (book_parts) of each novel in `folder` (*.txt
     and *.txt.gz, by name, but those named in `exclude`, without extension), `groupings` times with
-    other seeded question sentences; all are training documents."""
+    other seeded question sentences; all are training documents. With `cloze` > 0, each part `groupings`
+    times more with up to that many name_cloze reader questions instead."""
     from ingest.tokenizer import load_tokenizer
 
     tok = load_tokenizer()
@@ -298,6 +393,9 @@ def group_books(
         for k in range(groupings):
             for j, part in enumerate(parts):
                 yield (*inverse_cloze(part, questions, random.Random(f"{seed}/books/{name}/{j}/{k}")), False)
+        for k in range(groupings if cloze else 0):
+            for j, part in enumerate(parts):
+                yield (*name_cloze(part, cloze, random.Random(f"{seed}/cloze/{name}/{j}/{k}")), False)
 
 
 def encode(documents) -> dict:
@@ -427,6 +525,14 @@ def main() -> None:
         default=1,
         help="make each novel's documents this many times (other sentences)",
     )
+    parser.add_argument(
+        "--book-cloze",
+        type=int,
+        default=0,
+        help="also each novel's documents again (--book-groupings times) with up to this many name-cloze "
+        "reader questions a document (recurring-span selection: a sentence with a name replaced by "
+        "'who', the answer another mention of it nearby; 0: none)",
+    )
     args = parser.parse_args()
     if args.groupings < 1 or min(args.articles_per_doc) < 1 or args.val_articles < 0:
         parser.error("--groupings and --articles-per-doc must be at least 1, --val-articles at least 0")
@@ -458,14 +564,18 @@ def main() -> None:
             parser.error("--book-chunks, --book-questions and --book-groupings must be at least 1")
         folder = Path(args.books)
         tokens = args.book_chunks * (CHUNK_TOKENS - 2)
+        if args.book_cloze < 0:
+            parser.error("--book-cloze must be at least 0")
         n, k = args.book_questions, args.book_groupings
-        books = encode(group_books(folder, args.books_exclude, tokens, n, args.seed, k))
+        books = encode(group_books(folder, args.books_exclude, tokens, n, args.seed, k, args.book_cloze))
+        read = int((books["q_start"] != RETRIEVAL_ONLY).sum())
         print(
             f"books: {len(books['doc_ranges'])} documents, {len(books['chunk_ids'])} chunks, "
-            f"{len(books['question_ids'])} retrieval-only questions"
+            f"{len(books['question_ids']) - read} retrieval-only questions, {read} name-cloze questions"
         )
         data = merge(data, books)
-        sources += f", {folder} (inverse cloze; left out: {','.join(args.books_exclude)})"
+        cloze = f", name cloze {args.book_cloze} a document" if args.book_cloze else ""
+        sources += f", {folder} (inverse cloze{cloze}; left out: {','.join(args.books_exclude)})"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     save_file(data, args.out, metadata={"format_version": "1", "source": sources})
     n_doc = len(data["doc_ranges"])

@@ -250,3 +250,46 @@ def test_merged_books_keep_the_format(tmp_path):
     assert data["q_chunk"][q:].tolist() == (books["q_chunk"] + n).tolist()
     assert (data["q_start"][:q] != RETRIEVAL_ONLY).all() and (data["q_start"][q:] == RETRIEVAL_ONLY).all()
     assert data["doc_is_val"].tolist() == [True, False] + [False] * len(books["doc_ranges"])
+
+
+def test_name_cloze_asks_who_and_answers_with_another_mention_nearby(tmp_path):
+    """Recurring-span reader questions: the sentence is cut, its name becomes "who", and the answer is
+    the nearest other mention of that name (title included), inside the gold chunk once encoded."""
+    import random
+
+    from model.data import RETRIEVAL_ONLY, encode, group_books, name_cloze
+
+    text = novel(30)
+    out, qas = name_cloze(text, 40, random.Random(0))
+    assert 10 <= len(qas) <= 40 and len(out) < len(text)
+    flat = " ".join(out.split())
+    for question, start, end in qas:
+        assert question.endswith("?") and " who" in f" {question}" and question.count("who") == 1
+        mention = out[start:end]
+        name = mention.split()[-1]
+        assert name in ("Lorry", "Cruncher", "Lucie", "Defarge") and mention in text, (question, mention)
+        if name == "Lorry":
+            assert mention == "Mr. Lorry"  # the title comes with the name
+        for said in (mention, name):  # the sentence, with its name back, is gone from the text
+            assert question[:-1].replace("who", said) + "." not in flat  # (every sentence ends with ".")
+        assert "\n\n\n" not in out
+    again = name_cloze(text, 40, random.Random(0))
+    assert again == (out, qas)  # seeded
+
+    write_novels(tmp_path, chapters=40)
+    plain = list(group_books(tmp_path, ["pride_and_prejudice"], 1500, questions=5, seed=0))
+    docs = list(group_books(tmp_path, ["pride_and_prejudice"], 1500, questions=5, seed=0, cloze=30))
+    assert docs[: len(plain)] == plain and len(docs) == 2 * len(plain)  # each part again (groupings 1)
+    data = encode(docs[len(plain) :])
+    reads = data["q_start"] != RETRIEVAL_ONLY
+    assert reads.all() and len(data["q_start"]) >= 10
+    inside = data["q_start"] >= 0
+    assert inside.float().mean() > 0.8  # the answer's chunk is the gold one
+    chunks = data["chunk_ids"]
+    from ingest.tokenizer import load_tokenizer
+
+    tok = load_tokenizer()
+    for q in torch.nonzero(inside).flatten().tolist():
+        row = chunks[int(data["q_chunk"][q])].tolist()
+        span = tok.decode(row[1 + int(data["q_start"][q]) : 2 + int(data["q_end"][q])])
+        assert span.split()[-1] in ("lorry", "cruncher", "lucie", "defarge"), span
