@@ -278,7 +278,7 @@ def evaluate(
     answers: bool = False,
 ) -> dict:
     """Ingest every document, ask every question with every method, and aggregate the metrics. With
-    `answers`, the result also lists each method's answer to each question, in the order asked."""
+    `answers`, the result also lists each method's answer to each question, in the data's order."""
     rows: dict[str, dict[str, list[float]]] = {m: {} for m in methods}
     listed: dict[str, list[tuple[int, dict]]] = {m: [] for m in methods if m != READER}
     explicit_rows: dict[str, dict[str, list[float]]] = {m: {} for m in methods}

@@ -183,7 +183,7 @@ _NAME = re.compile(r"\s[\"“‘(]?(?!I\b)[A-Z][a-z]+")  # a capitalised word af
 _QUOTES = re.compile('["“”]')
 ICT_WORDS = (8, 40)  # words of a sentence that becomes a question
 ICT_KEEP = 0.1  # share of question sentences left in their chunk (Lee et al. keep 10%)
-# A name inside a sentence: a capitalised word (with the title before it, if any), not its first word.
+# A name in a sentence: a capitalised word, with the title before it if any (name_cloze filters more).
 _TITLED_NAME = re.compile(
     r"(?<=[\s\"“‘(])(?:(?:Mr|Mrs|Miss|Dr|Lady|Sir|Colonel|Captain|Aunt|Uncle|Madame|Monsieur)\.?\s+)?"
     r"(?!(?:I|God|Heaven|Oh|Yes|No|Sir|Madam|Lord|The|But|And|What|It|He|She|They|We|You|My|Christmas|"
