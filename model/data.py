@@ -183,9 +183,11 @@ _NAME = re.compile(r"\s[\"“‘(]?(?!I\b)[A-Z][a-z]+")  # a capitalised word af
 _QUOTES = re.compile('["“”]')
 ICT_WORDS = (8, 40)  # words of a sentence that becomes a question
 ICT_KEEP = 0.1  # share of question sentences left in their chunk (Lee et al. keep 10%)
+_SPACES = re.compile(r"\s*")
+_TITLES = "Mr|Mrs|Miss|Dr|Lady|Sir|Colonel|Captain|Aunt|Uncle|Madame|Monsieur"
 # A name in a sentence: a capitalised word, with the title before it if any (name_cloze filters more).
 _TITLED_NAME = re.compile(
-    r"(?<=[\s\"“‘(])(?:(?:Mr|Mrs|Miss|Dr|Lady|Sir|Colonel|Captain|Aunt|Uncle|Madame|Monsieur)\.?\s+)?"
+    rf"(?<=[\s\"“‘(])(?:(?:{_TITLES})\.?\s+)?"
     r"(?!(?:I|God|Heaven|Oh|Yes|No|Sir|Madam|Lord|The|But|And|What|It|He|She|They|We|You|My|Christmas|"
     r"Sunday|Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|English|French)\b)([A-Z][a-z]{2,})\b"
 )
@@ -264,6 +266,13 @@ def pick_sentences(text: str, spans: list[tuple[int, int]], n: int, rng: random.
     return sorted(taken)
 
 
+def cut_end(text: str, end: int) -> int:
+    """Where the cut of a sentence ending at `end` ends: its following spaces go with it, unless they
+    hold a blank line (the paragraph break stays)."""
+    gap = _SPACES.match(text, end).end()
+    return gap if text.count("\n", end, gap) <= 1 else end
+
+
 def inverse_cloze(text: str, n: int, rng: random.Random) -> tuple[str, list[RetrievalQuestion]]:
     """(text with the question sentences cut out, their RetrievalQuestions): up to `n` sentences
     (pick_sentences), each the question (whitespace normalised) for the point where it was cut, or, for
@@ -279,9 +288,7 @@ def inverse_cloze(text: str, n: int, rng: random.Random) -> tuple[str, list[Retr
             questions.append(RetrievalQuestion(question, length, length + end - start))
             done = start
             continue
-        after = text[end:]
-        gap = after[: len(after) - len(after.lstrip())]
-        done = end + len(gap) if gap.count("\n") <= 1 else end  # its spaces go too, a blank line stays
+        done = cut_end(text, end)
         questions.append(RetrievalQuestion(question, length, length))
     parts.append(text[done:])
     return "".join(parts), questions
@@ -322,11 +329,7 @@ def name_cloze(text: str, n: int, rng: random.Random) -> tuple[str, list[tuple[s
             break
     chosen.sort(key=lambda c: c[0])
     cut = [spans[i] for i, _ in chosen]
-    removed = []  # (start, end) of what is cut, in `text`: the sentence, and its spaces unless a blank line
-    for a, b in cut:
-        after = text[b:]
-        gap = after[: len(after) - len(after.lstrip())]
-        removed.append((a, b + len(gap) if gap.count("\n") <= 1 else b))
+    removed = [(a, cut_end(text, b)) for a, b in cut]  # what is cut, in `text`
     kept = [text[b:a] for (_, b), (a, _) in zip([(0, 0), *removed], [*removed, (len(text), 0)], strict=True)]
     starts = [a for a, _ in removed]
     questions = []
@@ -366,7 +369,7 @@ def _mentions(text: str, name: str, start: int, end: int) -> list[tuple[int, int
     return found
 
 
-_TITLE_BEFORE = re.compile(r"(?:Mr|Mrs|Miss|Dr|Lady|Sir|Colonel|Captain|Aunt|Uncle|Madame|Monsieur)\.?\s+$")
+_TITLE_BEFORE = re.compile(rf"(?:{_TITLES})\.?\s+$")
 
 
 def group_books(

@@ -67,7 +67,8 @@ def main() -> None:
             "cuda MiB allocated", round(torch.cuda.memory_allocated() / mib),
             "peak", round(torch.cuda.max_memory_allocated() / mib),
             "reserved", round(torch.cuda.memory_reserved() / mib),
-            "graphs", sum(len(g) for _, g in qa.engine._graphs.values()) if qa.engine else 0,
+            "graphs", sum(not isinstance(g, int) for _, gs in qa.engine._graphs.values() for g in gs.values())
+            if qa.engine else 0,
             flush=True,
         )  # fmt: skip
     for method in [m for m in ("bsbr", "faiss") if m in qa.methods]:
